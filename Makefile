@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with Python 3.11: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+# pip (not uv/poetry): only pip sees the CPU torch wheel that lies on disk.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) scripts/ch02_ppo_dense_reach.py all --seed 0
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src scripts tests bench
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) bench/bench_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,14 @@
+#!/usr/bin/env python3
+"""Chapter 2 — PPO on FetchReachDense: train / eval / report / all / multi-seed / ablate / sweep / check-env /
+diagnose / plot / video. A thin wrapper: everything lives in the ``fetchrl`` package (``fetchrl.cli``)."""
+
+import sys
+from pathlib import Path
+
+# Run from a checkout without installing: the package lives in src/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from fetchrl.cli import run  # noqa: E402
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,455 @@
+"""Every artifact's path and schema, defined once; every write atomic.
+
+No other module formats an artifact path or a JSON schema. Layout under a root directory
+(the current directory by default), exactly the chapter's table in section 3.1::
+
+    checkpoints/ppo_FetchReachDense-v4_seed0.zip
+    checkpoints/ppo_FetchReachDense-v4_seed0.meta.json
+    results/ch02_ppo_fetchreachdense-v4_seed0_eval.json
+    runs/ppo/FetchReachDense-v4/seed0/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fetchrl.config import ALGO
+from fetchrl.errors import FetchRLError
+
+T = TypeVar("T")
+
+
+# ============================================================================ paths
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one (env_id, seed) run keeps its artifacts, relative to ``root``."""
+
+    env_id: str
+    seed: int
+    root: Path = Path(".")
+
+    @property
+    def _stem(self) -> str:
+        return f"{ALGO}_{self.env_id}_seed{self.seed}"
+
+    @property
+    def _result_stem(self) -> str:
+        return f"ch02_{ALGO}_{self.env_id.lower()}_seed{self.seed}"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / f"{self._stem}.zip"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "checkpoints" / f"{self._stem}.meta.json"
+
+    @property
+    def resume_state(self) -> Path:
+        """RNG and simulator state beside the checkpoint, for bit-exact resume."""
+        return self.root / "checkpoints" / f"{self._stem}.state.pkl"
+
+    @property
+    def eval_json(self) -> Path:
+        return self.root / "results" / f"{self._result_stem}_eval.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "results" / f"{self._result_stem}_report.md"
+
+    @property
+    def diagnosis_json(self) -> Path:
+        return self.root / "results" / f"{self._result_stem}_diagnosis.json"
+
+    @property
+    def curves_png(self) -> Path:
+        return self.root / "results" / f"{self._result_stem}_curves.png"
+
+    @property
+    def html_report(self) -> Path:
+        return self.root / "results" / f"ch02_report_seed{self.seed}.html"
+
+    @property
+    def video_gif(self) -> Path:
+        return self.root / "videos" / f"{self._result_stem}.gif"
+
+    @property
+    def video_mp4(self) -> Path:
+        return self.root / "videos" / f"{self._result_stem}.mp4"
+
+    @property
+    def tb_dir(self) -> Path:
+        """TensorBoard run directory; exactly this path, no ``_1`` suffix."""
+        return self.root / "runs" / ALGO / self.env_id / f"seed{self.seed}"
+
+
+def multi_seed_aggregate_path(root: Path = Path(".")) -> Path:
+    return root / "results" / "ch02_ppo_reachdense_aggregate.json"
+
+
+def multi_seed_plot_path(root: Path = Path(".")) -> Path:
+    return root / "results" / "ch02_ppo_reachdense_aggregate.png"
+
+
+def ablation_path(param: str = "clip_range", root: Path = Path(".")) -> Path:
+    return root / "results" / f"ch02_ablation_{param}.json"
+
+
+def ablation_plot_path(param: str = "clip_range", root: Path = Path(".")) -> Path:
+    return root / "results" / f"ch02_ablation_{param}.png"
+
+
+def trial_root(sweep_name: str, trial_tag: str, root: Path = Path(".")) -> Path:
+    """Root directory of one sweep configuration; under it the usual RunPaths layout."""
+    return root / "sweeps" / sweep_name / trial_tag
+
+
+# ============================================================================ atomic writes
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path in ``target``'s directory; rename it onto ``target`` only on success.
+
+    A crash, a full disk or Ctrl-C leaves the previous ``target`` untouched and no partial file.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    except OSError as err:
+        raise FetchRLError(f"cannot write {target}: {err.strerror or err}", exit_code=1) from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise FetchRLError(f"cannot write {target}: {err.strerror or err}", exit_code=1) from None
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as null rather than produce invalid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json(target: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(_finite_or_none(payload), indent=2, default=_json_default, allow_nan=False)
+    atomic_write_text(target, text + "\n")
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """Read a JSON object, or raise FetchRLError naming the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FetchRLError(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FetchRLError(f"{what} {path} is corrupt or truncated ({type(err).__name__}); delete it and rerun") from None
+    if not isinstance(data, dict):
+        raise FetchRLError(f"{what} {path} is not a JSON object")
+    return data
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], path: Path, what: str) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - data.keys())
+    if missing:
+        raise FetchRLError(f"{what} {path} is missing field(s): {', '.join(missing)}")
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def collect_versions() -> dict[str, str]:
+    """Versions of everything that can change a number, for the metadata and eval JSON."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for key, dist in (
+        ("numpy", "numpy"),
+        ("torch", "torch"),
+        ("gymnasium", "gymnasium"),
+        ("gymnasium_robotics", "gymnasium-robotics"),
+        ("mujoco", "mujoco"),
+        ("stable_baselines3", "stable-baselines3"),
+        ("fetchrl", "fetchrl"),
+    ):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = "not installed"
+    return out
+
+
+# ============================================================================ schemas
+@dataclass
+class TrainMeta:
+    """``checkpoints/ppo_<env>_seed<N>.meta.json``."""
+
+    created_at: str
+    algo: str
+    env_id: str
+    seed: int
+    device: str
+    n_envs: int
+    total_steps: int
+    hyperparameters: dict[str, Any]
+    wall_time_s: float
+    steps_per_second: float
+    checkpoint: str
+    versions: dict[str, str]
+    num_timesteps: int = 0
+    """Steps actually trained (equals total_steps for a complete run)."""
+    complete: bool = True
+    """False when training was interrupted; ``train --resume`` continues it."""
+    stop_reason: str = "completed"
+    fast_env: bool = True
+    observation_space: str = ""
+    action_space: str = ""
+
+    def to_json(self, path: Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainMeta:
+        return _from_dict(cls, read_json(path, "checkpoint metadata"), path, "checkpoint metadata")
+
+
+@dataclass
+class EpisodeRecord:
+    """One deterministic evaluation episode."""
+
+    seed: int
+    """The reset seed of this episode."""
+    #: written as "return" in JSON (a Python keyword)
+    return_: float
+    length: int
+    success: bool
+    """``info["is_success"]`` at the episode's last step."""
+    final_distance: float
+    """||achieved_goal - desired_goal|| of the terminal observation, metres."""
+    time_to_success: int | None
+    """First step (1-based) at which is_success was 1, or None."""
+    action_smoothness: float
+    """Mean ||a_t - a_{t-1}||_2 over the episode (lower is smoother)."""
+    action_max_abs: float
+    """Largest |a_i| over the episode (1.0 means the policy saturates the action bounds)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["return"] = d.pop("return_")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpisodeRecord:
+        d = dict(d)
+        d["return_"] = d.pop("return")
+        return cls(**d)
+
+
+AGGREGATE_FIELDS = (
+    "success_rate",
+    "return_mean",
+    "return_std",
+    "final_distance_mean",
+    "final_distance_std",
+    "ep_len_mean",
+    "ep_len_std",
+    "action_smoothness_mean",
+    "action_max_abs_mean",
+)
+
+
+def aggregate_episodes(episodes: list[EpisodeRecord]) -> dict[str, float]:
+    """The eval JSON's ``aggregate`` block: means and population stds over episodes."""
+    import numpy as np
+
+    if not episodes:
+        raise FetchRLError("no evaluation episodes to aggregate")
+    ret = np.array([e.return_ for e in episodes], dtype=np.float64)
+    dist = np.array([e.final_distance for e in episodes], dtype=np.float64)
+    length = np.array([e.length for e in episodes], dtype=np.float64)
+    return {
+        "success_rate": float(np.mean([float(e.success) for e in episodes])),
+        "return_mean": float(ret.mean()),
+        "return_std": float(ret.std()),
+        "final_distance_mean": float(dist.mean()),
+        "final_distance_std": float(dist.std()),
+        "ep_len_mean": float(length.mean()),
+        "ep_len_std": float(length.std()),
+        "action_smoothness_mean": float(np.mean([e.action_smoothness for e in episodes])),
+        "action_max_abs_mean": float(np.mean([e.action_max_abs for e in episodes])),
+    }
+
+
+@dataclass
+class EvalResult:
+    """``results/ch02_ppo_<env>_seed<N>_eval.json``."""
+
+    created_at: str
+    algo: str
+    env_id: str
+    checkpoint: str
+    device: str
+    n_episodes: int
+    seeds: list[int]
+    deterministic: bool
+    aggregate: dict[str, float]
+    per_episode: list[EpisodeRecord]
+    versions: dict[str, str]
+    policy: str = "trained"
+    """trained | random | zero — the baselines the report shows beside the policy."""
+    eval_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["per_episode"] = [e.to_dict() for e in self.per_episode]
+        return d
+
+    def to_json(self, path: Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path = Path("<memory>")) -> EvalResult:
+        result = _from_dict(cls, data, path, "eval JSON")
+        if not isinstance(result.aggregate, dict) or not isinstance(result.per_episode, list):
+            raise FetchRLError(f"eval JSON {path} has malformed aggregate/per_episode blocks")
+        missing = [k for k in ("success_rate", "return_mean", "final_distance_mean") if k not in result.aggregate]
+        if missing:
+            raise FetchRLError(f"eval JSON {path} aggregate is missing field(s): {', '.join(missing)}")
+        try:
+            result.per_episode = [EpisodeRecord.from_dict(e) for e in data["per_episode"]]
+        except (TypeError, KeyError) as err:
+            raise FetchRLError(f"eval JSON {path} has a malformed per_episode row ({err})") from None
+        return result
+
+    @classmethod
+    def from_json(cls, path: Path) -> EvalResult:
+        return cls.from_dict(read_json(path, "eval JSON"), path)
+
+
+@dataclass
+class SeedSummary:
+    seed: int
+    success_rate: float
+    return_mean: float
+    final_distance_mean: float
+
+
+@dataclass
+class MultiSeedAggregate:
+    """``results/ch02_ppo_reachdense_aggregate.json`` (and one per sweep configuration)."""
+
+    created_at: str
+    env_id: str
+    algo: str
+    seeds: list[int]
+    per_seed: list[SeedSummary]
+    aggregate: dict[str, float]
+    config: dict[str, Any] = field(default_factory=dict)
+    """Hyper-parameters shared by all seeds (a sweep's configuration)."""
+    rliable: dict[str, Any] = field(default_factory=dict)
+    """IQM and 95 % stratified-bootstrap CIs per metric (empty when too few seeds)."""
+
+    def to_json(self, path: Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, path: Path) -> MultiSeedAggregate:
+        agg = _from_dict(cls, read_json(path, "aggregate JSON"), path, "aggregate JSON")
+        agg.per_seed = [SeedSummary(**s) for s in agg.per_seed]  # type: ignore[arg-type]
+        return agg
+
+
+def sweep_summary_path(name: str, root: Path = Path(".")) -> Path:
+    return root / "results" / f"ch02_sweep_{name}.json"
+
+
+def sweep_plot_path(name: str, root: Path = Path(".")) -> Path:
+    return root / "results" / f"ch02_sweep_{name}.png"
+
+
+@dataclass
+class SettingSummary:
+    """One configuration of a sweep or ablation, aggregated over its seeds."""
+
+    tag: str
+    overrides: dict[str, Any]
+    root: str
+    aggregate: MultiSeedAggregate | dict[str, Any]
+    training: dict[str, float] = field(default_factory=dict)
+    """Means over training of TensorBoard series (e.g. clip_fraction_mean, approx_kl_mean)."""
+    failed_seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SweepSummary:
+    """``results/ch02_ablation_<param>.json`` and ``results/ch02_sweep_<name>.json``."""
+
+    created_at: str
+    name: str
+    env_id: str
+    seeds: list[int]
+    total_steps: int
+    grid: dict[str, list[Any]]
+    settings: list[SettingSummary]
+    answers: dict[str, str] = field(default_factory=dict)
+    """For the ablation: exercise 2.4's three questions answered from the numbers."""
+
+    def to_json(self, path: Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, path: Path) -> SweepSummary:
+        summary = _from_dict(cls, read_json(path, "sweep JSON"), path, "sweep JSON")
+        summary.settings = [SettingSummary(**s) for s in summary.settings]  # type: ignore[arg-type]
+        return summary

@@ -1,0 +1,61 @@
+"""The chapter's "Common failures" checks (section 6): shapes, action bounds, reward range."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fetchrl import envs
+
+EXPECTED_OBS_SHAPES = {"observation": (10,), "achieved_goal": (3,), "desired_goal": (3,)}
+EXPECTED_ACTION_SHAPE = (4,)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+def run_checks(env_id: str, *, n_steps: int = 100, seed: int = 0, fast: bool = True) -> list[Check]:
+    """Observation keys/shapes, action shape and bounds, and rewards of random steps in [-1, 0]."""
+    env = envs.make_env(env_id, fast=fast)
+    try:
+        obs, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        shapes = {k: tuple(v.shape) for k, v in obs.items()} if isinstance(obs, dict) else {"obs": np.shape(obs)}
+        space = env.action_space
+        checks = [
+            Check("observation shapes", shapes == EXPECTED_OBS_SHAPES, f"{shapes} (expected {EXPECTED_OBS_SHAPES})"),
+            Check("action shape", tuple(space.shape) == EXPECTED_ACTION_SHAPE,
+                  f"{tuple(space.shape)} (expected {EXPECTED_ACTION_SHAPE})"),
+            Check("action bounds", bool(np.all(space.low == -1.0) and np.all(space.high == 1.0)),
+                  f"[{float(np.min(space.low))}, {float(np.max(space.high))}] (expected [-1, 1])"),
+        ]
+        rewards = []
+        for _ in range(n_steps):
+            _, r, term, trunc, _ = env.step(space.sample())
+            rewards.append(float(r))
+            if term or trunc:
+                env.reset()
+        lo, hi = min(rewards), max(rewards)
+        checks.append(Check(f"reward range ({n_steps} random steps)", -1.0 <= lo and hi <= 0.0,
+                            f"[{lo:.3f}, {hi:.3f}] (expected inside [-1, 0])"))
+        return checks
+    finally:
+        env.close()
+
+
+def print_checks(env_id: str, checks: list[Check]) -> bool:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"check-env — {env_id}")
+    for col in ("check", "result", "observed"):
+        table.add_column(col)
+    for c in checks:
+        table.add_row(c.name, "[green]PASS[/]" if c.passed else "[red]FAIL[/]", c.detail)
+    Console().print(table)
+    return all(c.passed for c in checks)

@@ -1,0 +1,144 @@
+"""One environment factory shared by train, eval, video, checks and tests.
+
+Fetch tasks never terminate: every episode is *truncated* by the TimeLimit wrapper at 50 steps.
+Anything that bootstraps values (GAE) must therefore treat episode ends as truncations, and the
+final distance of an episode must be read from its terminal observation, not from the reset
+observation a vector env returns in its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import os
+import warnings
+from typing import Any
+
+from fetchrl.errors import FetchRLError
+
+#: gymnasium-robotics releases that break with mujoco >= 3.12 (AssertionError in set_joint_qpos).
+_BROKEN_WITH_NEW_MUJOCO = ("1.4.0", "1.4.1", "1.4.2")
+_MUJOCO_FIX = "pip install 'mujoco==3.11.0'"
+
+_registered = False
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in v.split("+")[0].split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_dependencies() -> None:
+    """Fail fast, with the one-line fix, on a mujoco / gymnasium-robotics pair known to break.
+
+    gymnasium-robotics 1.4.2 (newest release) asserts inside ``mujoco_utils.set_joint_qpos`` with
+    mujoco >= 3.12 — deep inside the first reset. We check versions before anything runs.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mj = version("mujoco")
+        gr = version("gymnasium-robotics")
+    except PackageNotFoundError as err:
+        raise FetchRLError(f"{err.name} is not installed; run `make run` or pip install -c constraints.txt -e .") from None
+    if gr in _BROKEN_WITH_NEW_MUJOCO and _version_tuple(mj) >= (3, 12):
+        raise FetchRLError(
+            f"mujoco {mj} is incompatible with gymnasium-robotics {gr} (AssertionError in set_joint_qpos); "
+            f"fix: {_MUJOCO_FIX}"
+        )
+
+
+def ensure_render_backend() -> None:
+    """Offscreen MuJoCo rendering needs a GL backend: use EGL (Mesa works on CPU) without a display."""
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
+def register_envs() -> None:
+    """Register Gymnasium-Robotics (and fetchrl's fast env ids) once, quietly."""
+    global _registered
+    if _registered:
+        return
+    check_dependencies()
+    import gymnasium as gym
+
+    # gymnasium_robotics prints an unrelated Adroit notice to stderr on import; keep our output clean.
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    _registered = True
+
+
+def validate_env_id(env_id: str) -> None:
+    """Raise FetchRLError for an unknown id, suggesting the closest registered one."""
+    import gymnasium as gym
+
+    register_envs()
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise FetchRLError(f"unknown env id {env_id!r}{hint}")
+
+
+def fast_env_available(env_id: str) -> bool:
+    """True when fetchrl ships a bit-compatible fast implementation of ``env_id``."""
+    try:
+        from fetchrl import fastenv
+    except ImportError:
+        return False
+    return env_id in getattr(fastenv, "FAST_ENV_IDS", ())
+
+
+def make_env(env_id: str, *, render_mode: str | None = None, fast: bool = False, **kwargs: Any) -> Any:
+    """Create one Gymnasium env (with its TimeLimit of 50 steps for Fetch).
+
+    Args:
+        env_id: a registered Gymnasium id.
+        render_mode: ``"rgb_array"`` for offscreen frames (sets MUJOCO_GL=egl when headless).
+        fast: use fetchrl's fast step when one exists for ``env_id`` (identical numbers).
+    """
+    import gymnasium as gym
+
+    validate_env_id(env_id)
+    if render_mode is not None:
+        ensure_render_backend()
+    if fast and fast_env_available(env_id):
+        from fetchrl import fastenv
+
+        return fastenv.make(env_id, render_mode=render_mode, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gym.make(env_id, render_mode=render_mode, **kwargs)
+
+
+def make_vec_env(env_id: str, n_envs: int, *, seed: int, fast: bool = False, monitor_dir: str | None = None) -> Any:
+    """SB3 VecEnv of ``n_envs`` Monitor-wrapped envs seeded ``seed .. seed + n_envs - 1``.
+
+    With ``fast=True`` and a fast implementation available, the vector env steps the simulators
+    in parallel threads (MuJoCo releases the GIL); numbers are identical to the sequential one.
+    """
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    validate_env_id(env_id)
+    if fast and fast_env_available(env_id):
+        from fetchrl import fastenv
+
+        make_fast_vec = getattr(fastenv, "make_vec_env", None)
+        if make_fast_vec is not None:
+            return make_fast_vec(env_id, n_envs, seed=seed)
+    return sb3_make_vec_env(
+        lambda: make_env(env_id, fast=fast),
+        n_envs=n_envs,
+        seed=seed,
+        vec_env_cls=DummyVecEnv,
+        monitor_dir=monitor_dir,
+    )

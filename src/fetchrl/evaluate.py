@@ -1,0 +1,196 @@
+"""Deterministic, explicitly seeded evaluation episodes -> one typed :class:`EvalResult`.
+
+Protocol (the chapter's section 3.4, made exact):
+- episode ``i`` is reset with seed ``EvalConfig.seed_offset + i`` — never drawn from the training
+  seed stream, so every policy (trained, random, zero) is scored on the very same goals;
+- the trained policy acts with its mean action (``deterministic=True``);
+- ``success`` is ``info["is_success"]`` at the episode's last step;
+- ``final_distance`` is ||achieved_goal - desired_goal|| of the *terminal* observation (we step
+  plain envs without autoreset, so the observation at truncation is the terminal one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from fetchrl import envs
+from fetchrl.artifacts import EpisodeRecord, EvalResult, RunPaths, aggregate_episodes, collect_versions, now_iso
+from fetchrl.config import ALGO, EvalConfig
+
+Obs = dict[str, np.ndarray]
+
+
+class Policy(Protocol):
+    name: str
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        """Called at the start of a batch of episodes with their reset seeds."""
+
+    def __call__(self, obs: Obs) -> np.ndarray:
+        """obs: dict of [batch, ...] arrays -> actions [batch, act_dim] float32."""
+
+
+class SB3Policy:
+    """A loaded SB3 model acting deterministically (mean action, clipped to the action space)."""
+
+    name = "trained"
+
+    def __init__(self, model: Any, deterministic: bool = True) -> None:
+        self.model = model
+        self.deterministic = deterministic
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        pass
+
+    def __call__(self, obs: Obs) -> np.ndarray:
+        action, _ = self.model.predict(obs, deterministic=self.deterministic)
+        return np.asarray(action, dtype=np.float32)
+
+
+class RandomPolicy:
+    """Uniform actions; episode ``seed``'s actions come from ``default_rng(seed)`` (reproducible)."""
+
+    name = "random"
+
+    def __init__(self, act_dim: int, low: float = -1.0, high: float = 1.0) -> None:
+        self.act_dim, self.low, self.high = act_dim, low, high
+        self._rngs: list[np.random.Generator] = []
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        self._rngs = [np.random.default_rng(s) for s in seeds]
+
+    def __call__(self, obs: Obs) -> np.ndarray:
+        n = len(next(iter(obs.values())))
+        return np.stack([rng.uniform(self.low, self.high, self.act_dim) for rng in self._rngs[:n]]).astype(np.float32)
+
+
+class ZeroPolicy:
+    """Does nothing: the arm stays where it starts. Its return shows what 'return > -10' is worth."""
+
+    name = "zero"
+
+    def __init__(self, act_dim: int) -> None:
+        self.act_dim = act_dim
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        pass
+
+    def __call__(self, obs: Obs) -> np.ndarray:
+        n = len(next(iter(obs.values())))
+        return np.zeros((n, self.act_dim), dtype=np.float32)
+
+
+def _distance(obs: Obs) -> float:
+    return float(np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"]))
+
+
+def _episode_record(seed: int, rewards: list[float], actions: list[np.ndarray], successes: list[float],
+                    terminal_obs: Obs) -> EpisodeRecord:
+    acts = np.asarray(actions, dtype=np.float64)
+    smooth = float(np.linalg.norm(np.diff(acts, axis=0), axis=1).mean()) if len(acts) > 1 else 0.0
+    hit = [i + 1 for i, s in enumerate(successes) if s >= 0.5]
+    return EpisodeRecord(
+        seed=int(seed),
+        return_=float(np.sum(rewards, dtype=np.float64)),
+        length=len(rewards),
+        success=bool(successes[-1] >= 0.5),
+        final_distance=_distance(terminal_obs),
+        time_to_success=hit[0] if hit else None,
+        action_smoothness=smooth,
+        action_max_abs=float(np.abs(acts).max()),
+    )
+
+
+def run_episodes(env_id: str, policy: Policy, seeds: Sequence[int], *, n_envs: int = 10, fast: bool = True,
+                 progress: bool = False) -> list[EpisodeRecord]:
+    """Run one episode per seed, ``n_envs`` side by side; returns records in ``seeds`` order."""
+    from tqdm.auto import tqdm
+
+    pool = [envs.make_env(env_id, fast=fast) for _ in range(min(n_envs, len(seeds)))]
+    records: list[EpisodeRecord] = []
+    bar = tqdm(total=len(seeds), desc=f"eval {policy.name}", unit="ep", disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(seeds), len(pool)):
+            chunk = list(seeds[start:start + len(pool)])
+            records.extend(_run_chunk(pool[:len(chunk)], policy, chunk))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        for e in pool:
+            e.close()
+    return records
+
+
+def _run_chunk(pool: list[Any], policy: Policy, seeds: list[int]) -> list[EpisodeRecord]:
+    policy.reset(seeds)
+    obs = [e.reset(seed=s)[0] for e, s in zip(pool, seeds, strict=True)]
+    n = len(pool)
+    rewards: list[list[float]] = [[] for _ in range(n)]
+    actions: list[list[np.ndarray]] = [[] for _ in range(n)]
+    successes: list[list[float]] = [[] for _ in range(n)]
+    terminal: list[Obs | None] = [None] * n
+    active = list(range(n))
+    while active:
+        batch = {k: np.stack([obs[i][k] for i in active]) for k in obs[active[0]]}
+        acts = policy(batch)
+        still = []
+        for row, i in enumerate(active):
+            o, r, term, trunc, info = pool[i].step(acts[row])
+            rewards[i].append(float(r))
+            actions[i].append(np.asarray(acts[row]))
+            successes[i].append(float(info.get("is_success", 0.0)))
+            obs[i] = o
+            if term or trunc:
+                terminal[i] = o
+            else:
+                still.append(i)
+        active = still
+    return [_episode_record(seeds[i], rewards[i], actions[i], successes[i], terminal[i])  # type: ignore[arg-type]
+            for i in range(n)]
+
+
+def evaluate_policy(env_id: str, policy: Policy, eval_config: EvalConfig, *, checkpoint: str = "",
+                    device: str = "cpu", fast: bool = True, progress: bool = False) -> EvalResult:
+    """Score ``policy`` on the documented episode seeds; nothing is written."""
+    t0 = time.perf_counter()
+    episodes = run_episodes(env_id, policy, eval_config.episode_seeds, n_envs=eval_config.n_envs, fast=fast,
+                            progress=progress)
+    return EvalResult(
+        created_at=now_iso(),
+        algo=ALGO,
+        env_id=env_id,
+        checkpoint=checkpoint,
+        device=device,
+        n_episodes=len(episodes),
+        seeds=list(eval_config.episode_seeds),
+        deterministic=eval_config.deterministic,
+        aggregate=aggregate_episodes(episodes),
+        per_episode=episodes,
+        versions=collect_versions(),
+        policy=policy.name,
+        eval_seconds=round(time.perf_counter() - t0, 3),
+    )
+
+
+def evaluate(paths: RunPaths, eval_config: EvalConfig, *, device: str = "cpu", fast: bool = True,
+             progress: bool = True) -> EvalResult:
+    """Load the checkpoint at ``paths``, evaluate it and write the eval JSON atomically."""
+    from fetchrl.checkpoints import load_model
+
+    model = load_model(paths, device=device)
+    result = evaluate_policy(paths.env_id, SB3Policy(model, eval_config.deterministic), eval_config,
+                             checkpoint=str(paths.checkpoint), device=str(model.device), fast=fast, progress=progress)
+    result.to_json(paths.eval_json)
+    return result
+
+
+def baseline_results(env_id: str, eval_config: EvalConfig, *, fast: bool = True) -> list[EvalResult]:
+    """Random and zero-action policies on the same episode seeds (the report's reference rows)."""
+    probe = envs.make_env(env_id)
+    act_dim = int(probe.action_space.shape[0])
+    probe.close()
+    return [evaluate_policy(env_id, p, eval_config, fast=fast) for p in (RandomPolicy(act_dim), ZeroPolicy(act_dim))]

@@ -1,0 +1,371 @@
+"""Fast, bit-compatible FetchReach: a lean env step and a thread-parallel SB3 vector env.
+
+Two pieces, each proven equal to the stock path by ``tests/test_fastenv.py``:
+
+1. :class:`FastFetchReachEnv` — Gymnasium-Robotics' ``MujocoFetchReachEnv`` with the per-step
+   Python overhead removed: joint, site and mocap addresses are looked up once, not by name
+   (15 joints, twice) on every step. Every floating-point operation that produces an observation,
+   reward or ``is_success`` is the stock one, in the stock order, so the numbers are identical
+   (the test demands 1e-6; they are in fact bit-equal). Reset, seeding, goal sampling,
+   ``compute_reward`` and ``render`` are inherited unchanged.
+2. :class:`ThreadedVecEnv` — an SB3 ``VecEnv`` that splits its environments over threads. MuJoCo
+   releases the GIL inside ``mj_step``, so two threads use two cores. It folds in the bookkeeping
+   of ``TimeLimit`` (Fetch never terminates; every episode is *truncated* at 50 steps) and SB3's
+   ``Monitor`` (``info["episode"]``), and returns exactly what ``DummyVecEnv(Monitor(gym.make(id)))``
+   returns for the same seed: observations, float32 rewards, dones, ``TimeLimit.truncated``,
+   ``terminal_observation`` and ``is_success``.
+
+``fetchrl.envs`` calls :func:`make` and :func:`make_vec_env` for ids in :data:`FAST_ENV_IDS`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium_robotics.envs.fetch.reach import MujocoFetchReachEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
+
+#: Gymnasium ids with a fast implementation, and the reward type each one uses.
+_REWARD_TYPES = {"FetchReachDense-v4": "dense", "FetchReach-v4": "sparse"}
+FAST_ENV_IDS: tuple[str, ...] = tuple(_REWARD_TYPES)
+#: Episode length of every Fetch task (Gymnasium-Robotics registers max_episode_steps=50).
+MAX_EPISODE_STEPS = 50
+_FAST_PREFIX = "fetchrl/Fast"
+
+Obs = dict[str, np.ndarray]
+
+
+class FastFetchReachEnv(MujocoFetchReachEnv):
+    """``MujocoFetchReachEnv`` with cached addresses and a lean ``step`` (identical numbers).
+
+    Only the reach task qualifies: no object, gripper blocked, no actuators (``model.nu == 0``), so
+    the action only moves the mocap body; the constructor checks these assumptions.
+    """
+
+    def _initialize_simulation(self) -> None:
+        super()._initialize_simulation()
+        m = self.model
+        assert m.nu == 0 and m.nmocap >= 1, "FastFetchReachEnv needs the mocap-driven reach model"
+        site = mujoco.mjtObj.mjOBJ_SITE
+        joint = mujoco.mjtObj.mjOBJ_JOINT
+        self._grip_site = mujoco.mj_name2id(m, site, "robot0:grip")
+        robot_joints = [n for n in self._model_names.joint_names if n.startswith("robot")]
+        # The observation's gripper state / velocity are the last two robot joints (stock order).
+        last_two = [mujoco.mj_name2id(m, joint, n) for n in robot_joints[-2:]]
+        for jid in last_two:
+            assert m.jnt_type[jid] in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)
+        self._grip_qpos_adr = np.array([m.jnt_qposadr[j] for j in last_two], dtype=np.intp)
+        self._grip_dof_adr = np.array([m.jnt_dofadr[j] for j in last_two], dtype=np.intp)
+        # _step_callback zeroes the two finger joints (left first, then right, as the stock one).
+        fingers = ("robot0:l_gripper_finger_joint", "robot0:r_gripper_finger_joint")
+        self._finger_qpos_adr = [int(m.jnt_qposadr[mujoco.mj_name2id(m, joint, n)]) for n in fingers]
+        # (mocap id, welded body id) of every weld, in model order (mujoco_utils.reset_mocap2body_xpos).
+        self._welds: list[tuple[int, int]] = []
+        for eq_type, obj1, obj2 in zip(m.eq_type, m.eq_obj1id, m.eq_obj2id, strict=True):
+            if eq_type != mujoco.mjtEq.mjEQ_WELD:
+                continue
+            mocap_id, body = int(m.body_mocapid[obj1]), int(obj2)
+            if mocap_id == -1:
+                mocap_id, body = int(m.body_mocapid[obj2]), int(obj1)
+            self._welds.append((mocap_id, body))
+        self._jacp = np.zeros((3, m.nv))
+        self._rot_ctrl = np.array([1.0, 0.0, 1.0, 0.0])  # fixed end-effector rotation delta (stock)
+
+    # ------------------------------------------------------------------ step
+    def step(self, action: np.ndarray) -> tuple[Obs, Any, bool, bool, dict[str, Any]]:
+        """BaseRobotEnv.step with _set_action, _step_callback and _get_obs inlined (same arithmetic)."""
+        action = np.asarray(action)
+        if action.shape != self.action_space.shape:
+            raise ValueError("Action dimension mismatch")
+        action = np.clip(action, self.action_space.low, self.action_space.high)
+        self._apply_action(action)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)  # releases the GIL
+        self._step_callback()
+        if self.render_mode == "human":
+            self.render()
+        obs = self._get_obs()
+        d = np.linalg.norm(obs["achieved_goal"] - self.goal, axis=-1)  # goal_distance()
+        info = {"is_success": (d < self.distance_threshold).astype(np.float32)}
+        reward = -(d > self.distance_threshold).astype(np.float32) if self.reward_type == "sparse" else -d
+        return obs, reward, False, False, info
+
+    def _apply_action(self, action: np.ndarray) -> None:
+        """BaseFetchEnv._set_action + mujoco_utils.mocap_set_action for one mocap, no actuators."""
+        pos_ctrl = action[:3].copy()
+        pos_ctrl *= 0.05  # limit maximum change in position (in the action's dtype, as stock)
+        d = self.data
+        for mocap_id, body in self._welds:
+            d.mocap_pos[mocap_id] = d.xpos[body]
+            d.mocap_quat[mocap_id] = d.xquat[body]
+        d.mocap_pos[:] = d.mocap_pos + pos_ctrl.astype(np.float64)
+        d.mocap_quat[:] = d.mocap_quat + self._rot_ctrl
+
+    def _step_callback(self) -> None:
+        """Keep the blocked gripper closed, then recompute what the observation reads.
+
+        The stock callback runs a full ``mj_forward``; the observation and the next action only read
+        positions, site frames and the site Jacobian, i.e. the ``mj_kinematics`` and ``mj_comPos``
+        stages, and the next ``mj_step`` recomputes every later stage from qpos/qvel/mocap/warm-start.
+        So the trajectory is bit-identical (tested on qpos, qvel and observations); only derived
+        fields nothing reads between steps (qacc, contacts, constraint forces) are left stale.
+        ``render`` still runs its own ``mj_forward``.
+        """
+        qpos = self.data.qpos
+        for adr in self._finger_qpos_adr:
+            qpos[adr] = 0.0
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+
+    def _get_obs(self) -> Obs:
+        """BaseFetchEnv._get_obs for the no-object case, with cached addresses."""
+        d = self.data
+        grip_pos = d.site_xpos[self._grip_site]
+        dt = self.n_substeps * self.model.opt.timestep
+        mujoco.mj_jacSite(self.model, d, self._jacp, None, self._grip_site)
+        grip_velp = (self._jacp @ d.qvel) * dt
+        gripper_state = d.qpos[self._grip_qpos_adr]
+        gripper_vel = d.qvel[self._grip_dof_adr] * dt
+        return {
+            "observation": np.concatenate([grip_pos, gripper_state, grip_velp, gripper_vel]),
+            "achieved_goal": grip_pos.copy(),
+            "desired_goal": self.goal.copy(),
+        }
+
+
+def _register(env_id: str) -> str:
+    """Register ``fetchrl/Fast<env_id>`` once (same kwargs and time limit as the stock id)."""
+    fast_id = _FAST_PREFIX + env_id
+    if fast_id not in gym.registry:
+        gym.register(
+            id=fast_id,
+            entry_point=f"{__name__}:FastFetchReachEnv",
+            kwargs={"reward_type": _REWARD_TYPES[env_id]},
+            max_episode_steps=MAX_EPISODE_STEPS,
+        )
+    return fast_id
+
+
+def _check_id(env_id: str) -> None:
+    if env_id not in _REWARD_TYPES:
+        raise ValueError(f"no fast implementation of {env_id!r}; fast ids: {', '.join(FAST_ENV_IDS)}")
+
+
+def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    """The fast env behind gym.make's usual wrappers (TimeLimit(50), OrderEnforcing, env checker)."""
+    _check_id(env_id)
+    return gym.make(_register(env_id), render_mode=render_mode, **kwargs)
+
+
+def make_raw(env_id: str, render_mode: str | None = None, **kwargs: Any) -> FastFetchReachEnv:
+    """The unwrapped fast env (no time limit): what :class:`ThreadedVecEnv` steps."""
+    _check_id(env_id)
+    kwargs = {"reward_type": _REWARD_TYPES[env_id], **kwargs}
+    return FastFetchReachEnv(render_mode=render_mode, **kwargs)
+
+
+# ====================================================================== thread-parallel VecEnv
+def default_n_threads() -> int:
+    """Two stepping threads on a machine with two or more cores (more add GIL contention, not speed)."""
+    import os
+
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class _Worker:
+    """A daemon thread that steps one contiguous chunk of environments on request."""
+
+    def __init__(self, run: Callable[[range], None], chunk: range, name: str) -> None:
+        self.run, self.chunk = run, chunk
+        self.requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self.replies: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while self.requests.get():
+            try:
+                self.run(self.chunk)
+            except BaseException as err:  # re-raised in the caller's thread
+                self.replies.put(err)
+            else:
+                self.replies.put(None)
+
+    def stop(self) -> None:
+        self.requests.put(False)
+        self.thread.join(timeout=10)
+
+
+class ThreadedVecEnv(VecEnv):
+    """SB3 VecEnv stepping its envs in ``n_threads`` threads; results identical to DummyVecEnv.
+
+    Each env is wrapped *in spirit* by ``Monitor(TimeLimit(env, max_episode_steps))``: the two
+    wrappers' bookkeeping is done here, inline, because every Python-level line between two
+    ``mj_step`` calls holds the GIL and so limits the parallel speed-up.
+
+    Per step, for env ``i``: ``rewards[i]`` is the env's reward cast to float32 (as DummyVecEnv's
+    buffer does); ``dones[i]`` is ``terminated or truncated``; ``infos[i]`` holds ``is_success``,
+    ``TimeLimit.truncated`` and, at an episode's end, ``episode = {"r", "l", "t"}`` (Monitor's
+    rounding) and ``terminal_observation`` — the returned observation is then the next episode's
+    first one (the env is reset without a seed, continuing its own RNG stream).
+
+    Args:
+        env_fns: thunks creating *unwrapped* envs (no TimeLimit, no Monitor).
+        n_threads: stepping threads, the calling thread included (1 = sequential).
+        max_episode_steps: truncation length (50 for every Fetch task).
+    """
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], n_threads: int | None = None,
+                 max_episode_steps: int = MAX_EPISODE_STEPS) -> None:
+        self.envs: list[gym.Env] = [fn() for fn in env_fns]
+        if len({id(e) for e in self.envs}) != len(self.envs):
+            raise ValueError("env_fns returned the same env instance twice; each thunk must build a new env")
+        env = self.envs[0]
+        super().__init__(len(self.envs), env.observation_space, env.action_space)
+        self.keys, shapes, dtypes = obs_space_info(env.observation_space)
+        n = self.num_envs
+        self.buf_obs = OrderedDict((k, np.zeros((n, *tuple(shapes[k])), dtype=dtypes[k])) for k in self.keys)
+        self.buf_dones = np.zeros((n,), dtype=bool)
+        self.buf_rews = np.zeros((n,), dtype=np.float32)
+        self.buf_infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        self.metadata = env.metadata
+        self.max_episode_steps = max_episode_steps
+        self.actions = np.zeros((n, *env.action_space.shape), dtype=env.action_space.dtype)
+        self._elapsed = [0] * n
+        self._ep_return = [0.0] * n
+        self._t_start = [time.time()] * n  # Monitor's t_start: the wrapper's creation time
+        n_threads = max(1, min(n_threads or default_n_threads(), n))
+        bounds = np.linspace(0, n, n_threads + 1).round().astype(int)
+        self._chunks = [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self._workers = [_Worker(self._step_chunk, c, f"fetchrl-env-{k}") for k, c in enumerate(self._chunks[1:], 1)]
+        self._closed = False
+
+    @property
+    def n_threads(self) -> int:
+        return len(self._chunks)
+
+    # ------------------------------------------------------------------ stepping
+    def _save_obs(self, i: int, obs: Obs) -> None:
+        for key in self.keys:
+            self.buf_obs[key][i] = obs[key]
+
+    def _reset_env(self, i: int, **kwargs: Any) -> Obs:
+        obs, self.reset_infos[i] = self.envs[i].reset(**kwargs)
+        self._elapsed[i] = 0
+        self._ep_return[i] = 0.0
+        return obs
+
+    def _step_chunk(self, chunk: range) -> None:
+        """Step envs ``chunk`` with ``self.actions`` [n_envs, act_dim]; write rows of the buffers."""
+        for i in chunk:
+            obs, reward, terminated, truncated, info = self.envs[i].step(self.actions[i])
+            self._elapsed[i] += 1
+            truncated = truncated or self._elapsed[i] >= self.max_episode_steps  # TimeLimit
+            self._ep_return[i] += float(reward)  # Monitor: sum of float(reward), left to right
+            self.buf_rews[i] = reward
+            done = terminated or truncated
+            if done:
+                info["episode"] = {"r": round(self._ep_return[i], 6), "l": self._elapsed[i],
+                                   "t": round(time.time() - self._t_start[i], 6)}
+            self.buf_dones[i] = done
+            info["TimeLimit.truncated"] = truncated and not terminated
+            if done:
+                info["terminal_observation"] = obs
+                obs = self._reset_env(i)
+            self._save_obs(i, obs)
+            self.buf_infos[i] = info
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        for w in self._workers:
+            w.requests.put(True)
+        error: BaseException | None = None
+        try:
+            self._step_chunk(self._chunks[0])
+        except BaseException as err:
+            error = err
+        for w in self._workers:  # always collect every reply, so no worker is left mid-step
+            reply = w.replies.get()
+            error = error or reply
+        if error is not None:
+            raise error
+        return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), list(self.buf_infos)
+
+    def reset(self) -> VecEnvObs:
+        for i in range(self.num_envs):
+            maybe_options = {"options": self._options[i]} if self._options[i] else {}
+            self._save_obs(i, self._reset_env(i, seed=self._seeds[i], **maybe_options))
+        self._reset_seeds()
+        self._reset_options()
+        return self._obs_from_buf()
+
+    def _obs_from_buf(self) -> VecEnvObs:
+        return dict_to_obs(self.observation_space, OrderedDict((k, v.copy()) for k, v in self.buf_obs.items()))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._workers:
+            w.stop()
+        for env in self.envs:
+            env.close()
+
+    # ------------------------------------------------------------------ SB3 VecEnv plumbing
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        if self.render_mode != "rgb_array":
+            return [None for _ in self.envs]
+        return [env.render() for env in self.envs]  # type: ignore[misc]
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [self.envs[i].get_wrapper_attr(attr_name) for i in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        for i in self._get_indices(indices):
+            setattr(self.envs[i], attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
+                   **method_kwargs: Any) -> list[Any]:
+        return [self.envs[i].get_wrapper_attr(method_name)(*method_args, **method_kwargs)
+                for i in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        """True for Monitor and TimeLimit, whose behaviour this VecEnv provides itself."""
+        from gymnasium.wrappers import TimeLimit
+        from stable_baselines3.common.env_util import is_wrapped
+        from stable_baselines3.common.monitor import Monitor
+
+        emulated = wrapper_class in (Monitor, TimeLimit)
+        return [emulated or is_wrapped(self.envs[i], wrapper_class) for i in self._get_indices(indices)]
+
+
+def make_vec_env(env_id: str, n_envs: int, *, seed: int, n_threads: int | None = None,
+                 render_mode: str | None = None) -> ThreadedVecEnv:
+    """Fast counterpart of ``sb3.make_vec_env(env_id, n_envs, seed=seed)`` with DummyVecEnv.
+
+    Env ``i`` is reset with seed ``seed + i`` on the first ``reset()`` and its action space seeded
+    with ``seed + i``, exactly as SB3 does, so every number matches the sequential reference.
+    """
+    _check_id(env_id)
+
+    def thunk(rank: int) -> Callable[[], gym.Env]:
+        def _init() -> gym.Env:
+            env = make_raw(env_id, render_mode=render_mode)
+            env.action_space.seed(seed + rank)
+            return env
+
+        return _init
+
+    vec = ThreadedVecEnv([thunk(i) for i in range(n_envs)], n_threads=n_threads)
+    vec.seed(seed)
+    return vec

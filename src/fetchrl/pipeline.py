@@ -1,0 +1,280 @@
+"""The chapter's commands as library calls: report, all, multi-seed, ablate, sweep, plot.
+
+Each function returns the process exit code; the CLI only parses arguments and calls one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fetchrl import artifacts
+from fetchrl.artifacts import EvalResult, RunPaths, SettingSummary, SweepSummary
+from fetchrl.config import EvalConfig, TrainConfig
+from fetchrl.errors import FetchRLError
+
+console = Console()
+
+#: The chapter's robustness bar for multi-seed validation (exercise 2.2): success std < 5 %.
+ROBUST_SUCCESS_STD = 0.05
+
+
+def _diagnosis_or_none(paths: RunPaths) -> Any | None:
+    from fetchrl.diagnose import diagnose
+
+    try:
+        return diagnose(paths.tb_dir)
+    except FetchRLError as err:
+        console.print(f"[yellow]diagnosis skipped: {err}[/]")
+        return None
+
+
+def _baselines(result: EvalResult, fast: bool) -> list[EvalResult]:
+    from fetchrl.evaluate import baseline_results
+
+    eval_config = EvalConfig(n_episodes=result.n_episodes, seed_offset=result.seeds[0])
+    return baseline_results(result.env_id, eval_config, fast=fast)
+
+
+def report(paths: RunPaths, *, fast: bool = True, diagnosis: Any | None = None,
+           baselines: list[EvalResult] | None = None) -> int:
+    """Criteria table (trained vs random vs zero-action), diagnosis; writes the report markdown."""
+    from fetchrl.report import print_criteria, write_report
+
+    result = EvalResult.from_json(paths.eval_json)
+    if result.env_id != paths.env_id:
+        raise FetchRLError(f"eval JSON {paths.eval_json} is for {result.env_id}, not {paths.env_id}")
+    baselines = baselines if baselines is not None else _baselines(result, fast)
+    diagnosis = diagnosis if diagnosis is not None else _diagnosis_or_none(paths)
+    ok = print_criteria(result, baselines)
+    if diagnosis is not None:
+        diagnosis.print_table()
+    write_report(paths, result, baselines, diagnosis.to_markdown() if diagnosis is not None else "")
+    console.print(f"report: {paths.report_md}")
+    return 0 if ok else 1
+
+
+def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, progress: bool = True,
+            video: bool = True) -> int:
+    """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report."""
+    from fetchrl import checkenv
+    from fetchrl.evaluate import evaluate
+    from fetchrl.html_report import write_html_report
+    from fetchrl.plots import plot_run
+    from fetchrl.train import train
+
+    if not checkenv.print_checks(config.env_id, checkenv.run_checks(config.env_id, fast=config.fast_env)):
+        raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
+    meta = train(config, paths, progress=progress)
+    console.print(f"trained {meta.num_timesteps} steps in {meta.wall_time_s:.1f} s "
+                  f"({meta.steps_per_second:.0f} steps/s) -> {paths.checkpoint}")
+    result = evaluate(paths, eval_config, device=config.device, fast=config.fast_env, progress=progress)
+    console.print(f"evaluated {result.n_episodes} episodes in {result.eval_seconds:.1f} s -> {paths.eval_json}")
+    diagnosis = _diagnosis_or_none(paths)
+    baselines = _baselines(result, config.fast_env)
+    code = report(paths, fast=config.fast_env, diagnosis=diagnosis, baselines=baselines)
+    curves = plot_run(paths.tb_dir, paths.curves_png)
+    gif = None
+    if video:
+        from fetchrl.video import record_video
+
+        gif = record_video(paths, device=config.device)[0]
+    html = write_html_report(paths, result=result, baselines=baselines, meta=meta, diagnosis=diagnosis,
+                             curves_png=curves, gif=gif)
+    console.print(f"curves: {curves}" + (f"\nvideo: {gif}" if gif else "") + f"\nHTML report: {html}")
+    return code
+
+
+# ============================================================================ sweeps
+def _run_plan(plan: Any, *, backend: str, workers: int | None, ray_address: str | None,
+              progress: bool) -> dict[str, list[int]]:
+    """Run a SweepPlan; returns the failed seeds per configuration tag."""
+    from fetchrl.sweep import run_trials
+
+    outcomes = run_trials(plan.trials(), backend=backend, workers=workers, ray_address=ray_address,
+                          progress=progress)
+    failed: dict[str, list[int]] = {tag: [] for tag in plan.configs}
+    for o in outcomes:
+        if not o.ok:
+            failed[o.trial.tag].append(o.trial.config.seed)
+            console.print(f"[red]trial {o.trial.name} failed: {o.error}[/]")
+    return failed
+
+
+def _print_aggregate(agg: artifacts.MultiSeedAggregate) -> None:
+    table = Table(title=f"{agg.env_id}: {len(agg.seeds)} seed(s)")
+    for col in ("seed", "success_rate", "return_mean", "final_distance_mean"):
+        table.add_column(col)
+    for s in agg.per_seed:
+        table.add_row(str(s.seed), f"{s.success_rate:.3f}", f"{s.return_mean:.3f}", f"{s.final_distance_mean:.4f}")
+    a = agg.aggregate
+    table.add_row("mean ± std", f"{a['success_rate_mean']:.3f} ± {a['success_rate_std']:.3f}",
+                  f"{a['return_mean']:.3f} ± {a['return_std']:.3f}",
+                  f"{a['final_distance_mean']:.4f} ± {a['final_distance_std']:.4f}")
+    console.print(table)
+    if agg.rliable:
+        for metric, r in agg.rliable.items():
+            console.print(f"  {metric}: IQM {r['iqm']:.4g} (95% CI {r['iqm_ci'][0]:.4g}–{r['iqm_ci'][1]:.4g})")
+
+
+def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], root: Path, *,
+               backend: str = "local", workers: int | None = None, ray_address: str | None = None,
+               progress: bool = True) -> int:
+    """Exercise 2.2: seeds in parallel, aggregate from the eval JSONs, chapter's robustness verdict."""
+    from fetchrl.plots import plot_multi_seed
+    from fetchrl.sweep import SweepPlan
+
+    plan = SweepPlan("multi_seed", config, eval_config, list(seeds), {"default": {}}, root)
+    failed = _run_plan(plan, backend=backend, workers=workers, ray_address=ray_address, progress=progress)
+    agg = plan.aggregates()["default"]
+    out = artifacts.multi_seed_aggregate_path(root)
+    agg.to_json(out)
+    _print_aggregate(agg)
+    std = agg.aggregate["success_rate_std"]
+    robust = std < ROBUST_SUCCESS_STD
+    console.print(f"robustness (success std < {ROBUST_SUCCESS_STD:.0%}): "
+                  f"[{'green' if robust else 'red'}]{'PASS' if robust else 'FAIL'}[/] (std {std:.1%})")
+    logdirs = {s: RunPaths(config.env_id, s, root).tb_dir for s in agg.seeds}
+    png = plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(root),
+                          final_scores={"success_rate": [s.success_rate for s in agg.per_seed]})
+    console.print(f"aggregate: {out}\nplot: {png}")
+    return 0 if robust and not failed["default"] else 1
+
+
+def _training_means(logdirs: list[Path]) -> dict[str, float]:
+    """Mean over training (and seeds) of clip_fraction, approx_kl; share of updates with approx_kl > 0.03."""
+    import numpy as np
+
+    from fetchrl import metrics
+    from fetchrl.tbreader import read_scalars
+
+    kl: list[float] = []
+    clip: list[float] = []
+    for d in logdirs:
+        series = read_scalars(d, (metrics.APPROX_KL, metrics.CLIP_FRACTION))
+        kl.extend(series[metrics.APPROX_KL].values.tolist())
+        clip.extend(series[metrics.CLIP_FRACTION].values.tolist())
+    if not kl:
+        return {}
+    return {
+        "clip_fraction_mean": float(np.mean(clip)),
+        "approx_kl_mean": float(np.mean(kl)),
+        "approx_kl_max": float(np.max(kl)),
+        "approx_kl_share_above_0.03": float(np.mean(np.asarray(kl) > 0.03)),
+    }
+
+
+def _summarise(plan: Any, failed: dict[str, list[int]]) -> list[SettingSummary]:
+    aggs = plan.aggregates()
+    settings = []
+    for tag, overrides in plan.configs.items():
+        root = plan.config_root(tag)
+        agg = aggs[tag]
+        logdirs = [RunPaths(plan.base.env_id, s, root).tb_dir for s in agg.seeds]
+        settings.append(SettingSummary(tag, overrides, str(root), agg, _training_means(logdirs), failed[tag]))
+    return settings
+
+
+def answer_ablation(settings: list[SettingSummary]) -> dict[str, str]:
+    """Exercise 2.4's three questions, answered from the numbers (not from expectations)."""
+    aggs = [s.aggregate for s in settings]
+    succ = [a.aggregate["success_rate_mean"] for a in aggs]  # type: ignore[union-attr]
+    spread = max(succ) - min(succ)
+    noise = max((a.aggregate["success_rate_std"] for a in aggs), default=0.0)  # type: ignore[union-attr]
+    changes = spread > max(2 * noise, 0.05)
+    perf = ", ".join(f"{s.tag}: {v:.1%}" for s, v in zip(settings, succ, strict=True))
+    kl = ", ".join(f"{s.tag}: mean {s.training.get('approx_kl_mean', float('nan')):.4f}, "
+                   f"{s.training.get('approx_kl_share_above_0.03', float('nan')):.0%} of updates > 0.03"
+                   for s in settings)
+    cf_vals = [s.training.get("clip_fraction_mean", float("nan")) for s in settings]
+    cf = ", ".join(f"{s.tag}: {v:.3f}" for s, v in zip(settings, cf_vals, strict=True))
+    order = "decreases" if all(a >= b for a, b in zip(cf_vals, cf_vals[1:], strict=False)) else "is not monotonic"
+    return {
+        "final_performance": f"{'yes' if changes else 'no clear change'} — success rate {perf} "
+                             f"(spread {spread:.1%} vs seed noise {noise:.1%})",
+        "stability": f"approx_kl per setting — {kl}",
+        "clip_fraction": f"mean clip_fraction — {cf}; across settings in the given order it {order}",
+    }
+
+
+def _print_settings(title: str, settings: list[SettingSummary]) -> None:
+    table = Table(title=title)
+    for col in ("setting", "seeds", "success", "return", "final dist (m)", "clip_fraction", "approx_kl"):
+        table.add_column(col)
+    for s in settings:
+        a = s.aggregate.aggregate  # type: ignore[union-attr]
+        table.add_row(
+            s.tag, str(len(s.aggregate.seeds)),  # type: ignore[union-attr]
+            f"{a['success_rate_mean']:.3f} ± {a['success_rate_std']:.3f}",
+            f"{a['return_mean']:.2f} ± {a['return_std']:.2f}",
+            f"{a['final_distance_mean']:.4f} ± {a['final_distance_std']:.4f}",
+            f"{s.training.get('clip_fraction_mean', float('nan')):.3f}",
+            f"{s.training.get('approx_kl_mean', float('nan')):.4f}",
+        )
+    console.print(table)
+
+
+def _run_grid(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
+              grid: dict[str, list[Any]], root: Path, **kw: Any) -> tuple[Any, list[SettingSummary], bool]:
+    from fetchrl.sweep import grid_plan
+
+    plan = grid_plan(name, config, eval_config, seeds, grid, root)
+    failed = _run_plan(plan, **kw)
+    return plan, _summarise(plan, failed), any(failed.values())
+
+
+def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], clip_ranges: Sequence[float],
+           root: Path, **kw: Any) -> int:
+    """Exercise 2.4: every clip_range x seeds; answers the exercise's three questions."""
+    from fetchrl.plots import plot_ablation
+
+    grid = {"clip_range": list(clip_ranges)}
+    plan, settings, any_failed = _run_grid("ablation_clip_range", config, eval_config, seeds, grid, root, **kw)
+    summary = SweepSummary(artifacts.now_iso(), "ablation_clip_range", config.env_id, list(seeds),
+                           config.total_steps, grid, settings, answer_ablation(settings))
+    out = artifacts.ablation_path("clip_range", root)
+    summary.to_json(out)
+    _print_settings("Exercise 2.4 — clip_range ablation", settings)
+    for question, answer in summary.answers.items():
+        console.print(f"[bold]{question}[/]: {answer}")
+    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]  # type: ignore[union-attr]
+              for s in settings}
+    png = plot_ablation(groups, artifacts.ablation_plot_path("clip_range", root))
+    console.print(f"ablation: {out}\nplot: {png}")
+    return 1 if any_failed else 0
+
+
+def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
+          grid: dict[str, list[Any]], root: Path, **kw: Any) -> int:
+    """A grid over seeds x hyper-parameters; one aggregate per configuration plus a summary JSON."""
+    from fetchrl.plots import plot_ablation
+
+    plan, settings, any_failed = _run_grid(name, config, eval_config, seeds, grid, root, **kw)
+    for s in settings:
+        s.aggregate.to_json(artifacts.multi_seed_aggregate_path(Path(s.root)))  # type: ignore[union-attr]
+    summary = SweepSummary(artifacts.now_iso(), name, config.env_id, list(seeds), config.total_steps, grid, settings)
+    out = artifacts.sweep_summary_path(name, root)
+    summary.to_json(out)
+    _print_settings(f"sweep {name}", settings)
+    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]  # type: ignore[union-attr]
+              for s in settings}
+    png = plot_ablation(groups, artifacts.sweep_plot_path(name, root))
+    console.print(f"sweep: {out}\nplot: {png}")
+    return 1 if any_failed else 0
+
+
+def plot(paths: RunPaths, *, seeds: int | None = None) -> int:
+    from fetchrl.plots import plot_multi_seed, plot_run
+
+    out = [plot_run(paths.tb_dir, paths.curves_png)]
+    if seeds:
+        logdirs = {s: RunPaths(paths.env_id, s, paths.root).tb_dir for s in range(seeds)}
+        out.append(plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(paths.root)))
+    console.print("plots: " + ", ".join(str(p) for p in out))
+    return 0
+
+

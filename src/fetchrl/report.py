@@ -1,0 +1,123 @@
+"""PASS/FAIL against the chapter's criteria; reads artifacts only (eval JSONs, meta, diagnosis)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fetchrl.artifacts import EvalResult, RunPaths, atomic_write_text
+from fetchrl.config import Criteria
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    name: str
+    key: str
+    measured: float
+    op: str
+    threshold: float
+    passed: bool
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+def check_criteria(result: EvalResult, criteria: Criteria = Criteria()) -> list[CriterionResult]:
+    """The chapter's three criteria (section 3.4) on an eval aggregate."""
+    agg = result.aggregate
+    rows = [
+        ("success rate", "success_rate", ">", criteria.min_success_rate),
+        ("mean return", "return_mean", ">", criteria.min_return_mean),
+        ("final distance (m)", "final_distance_mean", "<", criteria.max_final_distance),
+    ]
+    out = []
+    for name, key, op, thr in rows:
+        value = float(agg[key])
+        passed = value > thr if op == ">" else value < thr
+        out.append(CriterionResult(name, key, value, op, thr, passed))
+    return out
+
+
+def overall_pass(rows: list[CriterionResult]) -> bool:
+    return all(r.passed for r in rows)
+
+
+def _fmt(key: str, value: float) -> str:
+    if key == "success_rate":
+        return f"{value:.1%}"
+    if key == "final_distance_mean":
+        return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+def criteria_table(result: EvalResult, baselines: list[EvalResult] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: criterion, threshold, trained, verdict, then one column per baseline.
+
+    A column with a baseline's PASS next to it shows which criteria do not discriminate.
+    """
+    baselines = baselines or []
+    header = ["criterion", "threshold", "trained", "verdict"] + [f"{b.policy} policy" for b in baselines]
+    rows = []
+    base_rows = [check_criteria(b) for b in baselines]
+    for i, r in enumerate(check_criteria(result)):
+        row = [r.name, f"{r.op} {_fmt(r.key, r.threshold)}", _fmt(r.key, r.measured), r.verdict]
+        for br in base_rows:
+            b = br[i]
+            row.append(f"{_fmt(b.key, b.measured)} ({b.verdict})")
+        rows.append(row)
+    return header, rows
+
+
+def render_markdown(result: EvalResult, baselines: list[EvalResult] | None = None,
+                    diagnosis_md: str = "") -> str:
+    header, rows = criteria_table(result, baselines)
+    verdict = "PASS" if overall_pass(check_criteria(result)) else "FAIL"
+    lines = [
+        f"# Chapter 2 report: PPO on {result.env_id}",
+        "",
+        f"Checkpoint: `{result.checkpoint}` — {result.n_episodes} deterministic episodes "
+        f"(reset seeds {result.seeds[0]}..{result.seeds[-1]}).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        f"**Overall: {verdict}**",
+        "",
+    ]
+    if baselines:
+        lines += [
+            "The random and zero-action columns are scored on the same episode seeds. A criterion they",
+            "pass does not, on its own, show that anything was learned (a motionless arm already scores a",
+            "return near -7.4 on FetchReachDense, above the -10 threshold).",
+            "",
+        ]
+    if diagnosis_md:
+        lines += ["## Training diagnosis", "", diagnosis_md, ""]
+    return "\n".join(lines)
+
+
+def write_report(paths: RunPaths, result: EvalResult, baselines: list[EvalResult] | None = None,
+                 diagnosis_md: str = "") -> str:
+    text = render_markdown(result, baselines, diagnosis_md)
+    atomic_write_text(paths.report_md, text)
+    return text
+
+
+def print_criteria(result: EvalResult, baselines: list[EvalResult] | None = None, title: str = "") -> bool:
+    """Print the criteria table (rich) and return the overall verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = criteria_table(result, baselines)
+    table = Table(title=title or f"Chapter 2 criteria — {result.env_id}, {result.n_episodes} episodes")
+    for h in header:
+        table.add_column(h)
+    for r in rows:
+        style = "green" if r[3] == "PASS" else "red"
+        table.add_row(*r[:3], f"[{style}]{r[3]}[/{style}]", *r[4:])
+    ok = overall_pass(check_criteria(result))
+    console = Console()
+    console.print(table)
+    console.print(f"Overall: [bold {'green' if ok else 'red'}]{'PASS' if ok else 'FAIL'}[/]")
+    return ok
