@@ -1,0 +1,30 @@
+"""Shared fixtures: one tiny *real* training run per test session, reused read-only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from fetchrl.artifacts import RunPaths  # noqa: E402
+from fetchrl.config import EvalConfig, TrainConfig  # noqa: E402
+
+#: Small enough for seconds of training, large enough for several PPO updates and episodes.
+TINY = TrainConfig(total_steps=2048, n_envs=2, n_steps=256, batch_size=64, n_epochs=4, seed=0)
+TINY_EVAL = EvalConfig(n_episodes=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
+    """A real 2,048-step PPO run with its eval JSON, under a session temp dir. Do not modify it."""
+    from fetchrl.evaluate import evaluate
+    from fetchrl.train import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    paths = RunPaths(TINY.env_id, TINY.seed, root)
+    train(TINY, paths, progress=False)
+    evaluate(paths, TINY_EVAL, progress=False)
+    return paths
