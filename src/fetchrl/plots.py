@@ -1,0 +1,279 @@
+"""PNG figures of the chapter's six TensorBoard curves: one run, several seeds, an ablation.
+
+Reads event files only (via :mod:`fetchrl.tbreader`) and writes each PNG atomically. Figures are
+built on ``matplotlib.figure.Figure`` and rendered by the Agg canvas, so nothing here touches pyplot's
+global state or needs a display.
+
+Across seeds, each seed's curve is linearly interpolated onto a common step grid (the steps all
+seeds cover), then the mean is drawn with a 95 % percentile-bootstrap confidence band: seeds are
+resampled with replacement (``BOOTSTRAP_REPS`` times, fixed RNG seed) and the mean recomputed.
+With one seed there is no band. Final evaluation scores, when given, get an extra row: the
+interquartile mean (IQM) with its 95 % stratified-bootstrap CI from rliable
+(``fetchrl.stats.rliable_summary``), beside every seed's score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
+
+from fetchrl import diagnose, metrics
+from fetchrl.artifacts import atomic_path
+from fetchrl.errors import FetchRLError
+from fetchrl.tbreader import Series, read_scalars
+
+BOOTSTRAP_REPS: Final = 1000
+GRID_POINTS: Final = 200
+DPI: Final = 110
+
+#: What the chapter's healthy table says about each curve (shown under the panel title).
+HEALTHY_NOTE: Final = {
+    metrics.EP_REW_MEAN: "healthy: steadily increasing",
+    metrics.SUCCESS_RATE: "healthy: 0 → 1 over training",
+    metrics.VALUE_LOSS: "healthy: high initially, decreases, stabilizes",
+    metrics.APPROX_KL: f"healthy: < {diagnose.APPROX_KL_HEALTHY}, occasional spikes OK",
+    metrics.CLIP_FRACTION: "healthy: {}–{}".format(*diagnose.CLIP_FRACTION_HEALTHY),
+    metrics.ENTROPY_LOSS: "healthy: slowly moves toward 0",
+}
+#: The chapter's healthy bands (low, high) — shaded green.
+HEALTHY_BAND: Final = {
+    metrics.APPROX_KL: (0.0, diagnose.APPROX_KL_HEALTHY),
+    metrics.CLIP_FRACTION: diagnose.CLIP_FRACTION_HEALTHY,
+}
+#: fetchrl.diagnose's warning thresholds — dashed red lines.
+WARNING_LINE: Final = {
+    metrics.APPROX_KL: diagnose.APPROX_KL_HIGH,
+    metrics.CLIP_FRACTION: diagnose.CLIP_FRACTION_SATURATED,
+    metrics.ENTROPY_LOSS: -diagnose.ENTROPY_ZERO_TOL,
+}
+_GUIDES: Final = ("chapter's healthy range", "fetchrl diagnose warning line")
+
+
+# ---------------------------------------------------------------- numbers
+def common_grid(curves: Sequence[Series], n_points: int = GRID_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolate several curves onto one step grid spanning the steps they all cover.
+
+    Args:
+        curves: one Series per seed (steps increasing).
+        n_points: grid size (fewer if the common range holds fewer distinct steps).
+
+    Returns:
+        grid: [n_points] float64 steps; values: [n_seeds, n_points] float64.
+
+    Raises:
+        FetchRLError: no curves, an empty curve, or curves whose step ranges do not overlap.
+    """
+    if not curves or any(c.steps.size == 0 for c in curves):
+        raise FetchRLError("cannot aggregate: a run has no logged points")
+    lo = max(float(c.steps[0]) for c in curves)
+    hi = min(float(c.steps[-1]) for c in curves)
+    if lo > hi:
+        raise FetchRLError(f"cannot aggregate: the runs' logged steps do not overlap ({lo:.0f} > {hi:.0f})")
+    distinct = len({int(s) for c in curves for s in c.steps if lo <= s <= hi})
+    grid = np.linspace(lo, hi, max(1, min(n_points, distinct)))
+    values = np.stack([np.interp(grid, c.steps.astype(np.float64), c.values) for c in curves])
+    return grid, values
+
+
+def bootstrap_band(values: np.ndarray, *, reps: int = BOOTSTRAP_REPS, confidence: float = 0.95,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds and its percentile-bootstrap confidence band.
+
+    Args:
+        values: [n_seeds, n_points] float64.
+        reps: bootstrap resamples of the seeds (with replacement).
+        confidence: width of the band (0.95 = 2.5th to 97.5th percentile).
+        seed: RNG seed, so a figure is reproducible.
+
+    Returns:
+        mean, low, high: each [n_points]; low == high == mean for a single seed.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mean = values.mean(axis=0)
+    n = values.shape[0]
+    if n < 2:
+        return mean, mean.copy(), mean.copy()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(reps, n))
+    means = values[idx].mean(axis=1)  # [reps, n_points]
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha], axis=0)
+    return mean, low, high
+
+
+# ---------------------------------------------------------------- drawing
+def _new_figure(n_rows: int, title: str) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(15, 4.2 * n_rows), layout="constrained")
+    axes = list(np.asarray(fig.subplots(n_rows, 3, squeeze=False)).ravel())
+    fig.suptitle(title, fontsize=13)
+    return fig, axes
+
+
+def _save(fig: Figure, out_png: Path) -> Path:
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return out_png
+
+
+def _wants_log_scale(tag: str, finite: np.ndarray) -> bool:
+    """Log y for a loss or KL spanning two orders of magnitude, or dwarfing its healthy band."""
+    if tag not in (metrics.VALUE_LOSS, metrics.APPROX_KL) or not finite.size or finite.min() <= 0:
+        return False
+    band_top = HEALTHY_BAND[tag][1] if tag in HEALTHY_BAND else math.inf
+    return bool(finite.max() / finite.min() >= 100 or finite.max() >= 10 * band_top)
+
+
+def _decorate(ax: Axes, tag: str, data: Sequence[np.ndarray]) -> None:
+    """Title, healthy band, warning line and scale for the panel of ``tag``."""
+    ax.set_title(f"{tag}\n{HEALTHY_NOTE[tag]}", fontsize=10)
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_xlabel("environment steps")
+    ax.grid(alpha=0.3)
+    finite = np.concatenate([d[np.isfinite(d)] for d in data]) if data else np.array([])
+    if _wants_log_scale(tag, finite):
+        ax.set_yscale("log")
+    if tag in HEALTHY_BAND:
+        low, high = HEALTHY_BAND[tag]
+        if ax.get_yscale() == "log":
+            low = min(float(finite.min()), high) / 10  # log axis: "0" is a decade below the data or band
+        ax.axhspan(low, high, color="tab:green", alpha=0.15, lw=0, label=_GUIDES[0])
+    if tag in WARNING_LINE:
+        ax.axhline(WARNING_LINE[tag], color="tab:red", ls="--", lw=1, label=_GUIDES[1])
+    if tag == metrics.SUCCESS_RATE:
+        ax.set_ylim(-0.03, 1.03)
+
+
+def _draw_band(ax: Axes, grid: np.ndarray, values: np.ndarray, colour: str, label: str) -> None:
+    mean, low, high = bootstrap_band(values)
+    n = values.shape[0]
+    ax.plot(grid, mean, color=colour, lw=1.8, label=f"{label} (mean of {n})" if n > 1 else label)
+    if n > 1:
+        ax.fill_between(grid, low, high, color=colour, alpha=0.22, lw=0)
+
+
+def _legend_guides(ax: Axes) -> None:
+    """Legend of the healthy band and warning line only (not of the data lines)."""
+    guides = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels(), strict=True) if lab in _GUIDES]
+    if guides:
+        ax.legend(*zip(*guides, strict=True), fontsize=8, loc="best")
+
+
+def _read_all(logdirs: Sequence[Path]) -> list[dict[str, Series]]:
+    return [read_scalars(Path(d), metrics.CHAPTER_CURVES) for d in logdirs]
+
+
+def _final_scores_row(axes: Sequence[Axes], final_scores: Mapping[str, Sequence[float]]) -> None:
+    """One panel per metric: every seed's score, the IQM and its 95 % stratified-bootstrap CI."""
+    from fetchrl.stats import rliable_summary
+
+    summary = rliable_summary(final_scores)
+    for ax, (name, scores) in zip(axes, final_scores.items(), strict=False):
+        x = np.linspace(-0.15, 0.15, len(scores)) if len(scores) > 1 else np.zeros(1)
+        ax.scatter(x, scores, color="tab:gray", zorder=3, label="per seed")
+        if name in summary:
+            s = summary[name]
+            err = [[s["iqm"] - s["iqm_ci"][0]], [s["iqm_ci"][1] - s["iqm"]]]
+            ax.errorbar([0.45], [s["iqm"]], yerr=err, fmt="D", color="tab:blue", capsize=6,
+                        label=f"IQM {s['iqm']:.3g} [{s['iqm_ci'][0]:.3g}, {s['iqm_ci'][1]:.3g}]")
+        else:
+            ax.text(0.5, 0.95, "IQM CI needs >= 2 seeds", transform=ax.transAxes, ha="center", va="top")
+        ax.set_xlim(-0.5, 1.0)
+        ax.set_xticks([])
+        ax.set_title(f"final eval: {name}\n(95 % stratified bootstrap CI, rliable)", fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="best")
+
+
+# ---------------------------------------------------------------- public figures
+def plot_run(logdir: Path, out_png: Path) -> Path:
+    """The six curves of one run (2x3 panels), with the chapter's healthy bands shaded.
+
+    Args:
+        logdir: TensorBoard run directory (``RunPaths.tb_dir``).
+        out_png: where to write, e.g. ``RunPaths.curves_png``.
+
+    Returns:
+        ``out_png``. Raises FetchRLError (exit 2) for missing logs or tags.
+    """
+    scalars = read_scalars(Path(logdir), metrics.CHAPTER_CURVES)
+    fig, axes = _new_figure(2, f"PPO training curves — {logdir}")
+    for ax, tag in zip(axes, metrics.CHAPTER_CURVES, strict=True):
+        s = scalars[tag]
+        ax.plot(s.steps, s.values, color="tab:blue", lw=1.6, marker="o" if s.steps.size <= 30 else None, ms=3)
+        _decorate(ax, tag, [s.values])
+    _legend_guides(axes[3])
+    _legend_guides(axes[4])
+    return _save(fig, out_png)
+
+
+def plot_multi_seed(logdirs: Mapping[int, Path], out_png: Path,
+                    final_scores: Mapping[str, Sequence[float]] | None = None) -> Path:
+    """Mean curve and 95 % bootstrap band across seeds for each of the six curves.
+
+    Args:
+        logdirs: ``{seed: TensorBoard run directory}``.
+        out_png: where to write, e.g. ``artifacts.multi_seed_plot_path()``.
+        final_scores: optional ``{metric: [score per seed]}`` (e.g. success_rate from each seed's eval
+            JSON); adds a row with each metric's IQM and 95 % stratified-bootstrap CI (rliable).
+
+    Returns:
+        ``out_png``.
+    """
+    if not logdirs:
+        raise FetchRLError("plot_multi_seed needs at least one run directory")
+    seeds = list(logdirs)
+    runs = _read_all([logdirs[s] for s in seeds])
+    extra_rows = math.ceil(len(final_scores) / 3) if final_scores else 0
+    title = (f"PPO across {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean with 95 % bootstrap CI over seeds"
+             if len(seeds) > 1 else f"PPO, seed {seeds[0]}")
+    fig, axes = _new_figure(2 + extra_rows, title)
+    for ax, tag in zip(axes, metrics.CHAPTER_CURVES, strict=False):
+        curves = [r[tag] for r in runs]
+        for c in curves:
+            ax.plot(c.steps, c.values, color="tab:blue", lw=0.7, alpha=0.3)
+        grid, values = common_grid(curves)
+        _draw_band(ax, grid, values, "tab:blue", "seeds")
+        _decorate(ax, tag, [c.values for c in curves])
+    _legend_guides(axes[3])
+    _legend_guides(axes[4])
+    if final_scores:
+        _final_scores_row(axes[6:], final_scores)
+    for ax in axes[6 + len(final_scores or {}):]:
+        ax.set_visible(False)
+    return _save(fig, out_png)
+
+
+def plot_ablation(groups: Mapping[str, Sequence[Path]], out_png: Path) -> Path:
+    """One overlay per curve: a mean line (and 95 % bootstrap band over seeds) per setting.
+
+    Args:
+        groups: ``{setting label: [run directory per seed]}``, e.g. ``{"clip_range=0.1": [...], ...}``.
+        out_png: where to write, e.g. ``artifacts.ablation_plot_path("clip_range")``.
+
+    Returns:
+        ``out_png``.
+    """
+    if not groups or any(not dirs for dirs in groups.values()):
+        raise FetchRLError("plot_ablation needs at least one run directory per setting")
+    colours = [f"C{i % 10}" for i in range(len(groups))]
+    data = {label: _read_all(dirs) for label, dirs in groups.items()}
+    fig, axes = _new_figure(2, f"Ablation: {', '.join(groups)} — lines: mean over seeds, bands: 95 % bootstrap CI")
+    for ax, tag in zip(axes, metrics.CHAPTER_CURVES, strict=True):
+        every: list[np.ndarray] = []
+        for colour, (label, runs) in zip(colours, data.items(), strict=True):
+            grid, values = common_grid([r[tag] for r in runs])
+            _draw_band(ax, grid, values, colour, label)
+            every.append(values.ravel())
+        _decorate(ax, tag, every)
+    axes[0].legend(fontsize=8, loc="best")
+    _legend_guides(axes[3])
+    _legend_guides(axes[4])
+    return _save(fig, out_png)
