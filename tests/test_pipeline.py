@@ -12,7 +12,14 @@ import pytest
 from conftest import TINY, TINY_EVAL
 
 from fetchrl import metrics
-from fetchrl.artifacts import AGGREGATE_FIELDS, EpisodeRecord, EvalResult, RunPaths, TrainMeta, collect_versions
+from fetchrl.artifacts import (
+    AGGREGATE_FIELDS,
+    EpisodeRecord,
+    EvalResult,
+    RunPaths,
+    TrainMeta,
+    collect_versions,
+)
 from fetchrl.cli import main
 from fetchrl.config import EvalConfig
 

@@ -132,6 +132,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; artifacts are meant to be shared like any file the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -162,19 +166,19 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _finite_or_none(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON has no NaN/inf: write them as null rather than produce invalid JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite_or_none(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_json(target: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(_finite_or_none(payload), indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(json_safe(payload), indent=2, default=_json_default, allow_nan=False)
     atomic_write_text(target, text + "\n")
 
 

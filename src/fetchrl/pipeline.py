@@ -24,10 +24,10 @@ ROBUST_SUCCESS_STD = 0.05
 
 
 def _diagnosis_or_none(paths: RunPaths) -> Any | None:
-    from fetchrl.diagnose import diagnose
+    from fetchrl.diagnose import diagnose_run
 
     try:
-        return diagnose(paths.tb_dir)
+        return diagnose_run(paths)
     except FetchRLError as err:
         console.print(f"[yellow]diagnosis skipped: {err}[/]")
         return None
@@ -126,7 +126,7 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
                progress: bool = True) -> int:
     """Exercise 2.2: seeds in parallel, aggregate from the eval JSONs, chapter's robustness verdict."""
     from fetchrl.plots import plot_multi_seed
-    from fetchrl.sweep import SweepPlan
+    from fetchrl.sweep import SEED_METRICS, SweepPlan
 
     plan = SweepPlan("multi_seed", config, eval_config, list(seeds), {"default": {}}, root)
     failed = _run_plan(plan, backend=backend, workers=workers, ray_address=ray_address, progress=progress)
@@ -140,7 +140,7 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
                   f"[{'green' if robust else 'red'}]{'PASS' if robust else 'FAIL'}[/] (std {std:.1%})")
     logdirs = {s: RunPaths(config.env_id, s, root).tb_dir for s in agg.seeds}
     png = plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(root),
-                          final_scores={"success_rate": [s.success_rate for s in agg.per_seed]})
+                          final_scores={k: [getattr(s, k) for s in agg.per_seed] for k in SEED_METRICS})
     console.print(f"aggregate: {out}\nplot: {png}")
     return 0 if robust and not failed["default"] else 1
 
@@ -150,6 +150,7 @@ def _training_means(logdirs: list[Path]) -> dict[str, float]:
     import numpy as np
 
     from fetchrl import metrics
+    from fetchrl.diagnose import APPROX_KL_HEALTHY
     from fetchrl.tbreader import read_scalars
 
     kl: list[float] = []
@@ -164,7 +165,7 @@ def _training_means(logdirs: list[Path]) -> dict[str, float]:
         "clip_fraction_mean": float(np.mean(clip)),
         "approx_kl_mean": float(np.mean(kl)),
         "approx_kl_max": float(np.max(kl)),
-        "approx_kl_share_above_0.03": float(np.mean(np.asarray(kl) > 0.03)),
+        "approx_kl_share_above_0.03": float(np.mean(np.asarray(kl) > APPROX_KL_HEALTHY)),
     }
 
 

@@ -22,7 +22,10 @@ class CriterionResult:
         return "PASS" if self.passed else "FAIL"
 
 
-def check_criteria(result: EvalResult, criteria: Criteria = Criteria()) -> list[CriterionResult]:
+CHAPTER_CRITERIA = Criteria()
+
+
+def check_criteria(result: EvalResult, criteria: Criteria = CHAPTER_CRITERIA) -> list[CriterionResult]:
     """The chapter's three criteria (section 3.4) on an eval aggregate."""
     agg = result.aggregate
     rows = [

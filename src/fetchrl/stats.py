@@ -3,6 +3,7 @@ bootstrap confidence intervals (Agarwal et al., 2021, "Deep RL at the Edge of th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,9 +35,12 @@ def rliable_summary(per_metric: Mapping[str, Sequence[float]], *, reps: int = 20
             return {}
         def agg(x: np.ndarray) -> np.ndarray:
             return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
-        points, intervals = rly.get_interval_estimates(
-            {name: scores}, agg, reps=reps, random_state=np.random.RandomState(seed)
-        )
+        with warnings.catch_warnings():
+            # arch deprecates RandomState in favour of Generator; rliable 1.2 still passes one.
+            warnings.simplefilter("ignore", FutureWarning)
+            points, intervals = rly.get_interval_estimates(
+                {name: scores}, agg, reps=reps, random_state=np.random.RandomState(seed)
+            )
         p, ci = points[name], intervals[name]
         out[name] = {
             "iqm": float(p[0]),
