@@ -1,0 +1,211 @@
+"""The Ray backend of the sweep layer: one Ray task per trial, on a local instance or a cluster.
+
+Ray is an optional extra (``pip install '.[ray]'``). :func:`make_ray_runner` returns a
+:data:`fetchrl.sweep.Runner`; ``run_trials(..., backend="ray", ray_address=...)`` calls it.
+
+Where artifacts land — always on the driver:
+  Each task trains and evaluates in a temporary directory on its own node (through the very
+  function the local backend runs, :func:`fetchrl.sweep._run_trial_in_worker`), then returns every
+  file the trial wrote — checkpoint zip, meta JSON, TensorBoard events, eval JSON — as bytes. The
+  driver writes them under the trial's root, atomically, meta and eval JSON last (they vouch for
+  the rest). So a cluster needs no shared filesystem, a relative ``--root`` means the driver's
+  directory, only the driver ever writes the sweep's directory, and the artifacts are byte for byte
+  what the local backend writes (the ``checkpoint`` fields of the meta and eval JSON name the
+  driver's path). The cost is shipping a few hundred kB per trial through Ray's object store.
+
+Retries: a task is attempted at most twice whatever went wrong — an exception in the trial comes
+back as ``(False, message)``, a dead worker or node as a Ray error — exactly like the local backend
+(Ray's own ``max_retries`` is 0 so the two retry counts do not multiply).
+
+Each task reserves ``cpus_per_trial`` CPUs and limits torch (and the fast env's stepping threads)
+to as many threads, so tasks packed onto one node do not oversubscribe it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fetchrl.artifacts import atomic_write_bytes, read_json, write_json
+from fetchrl.errors import FetchRLError
+from fetchrl.sweep import (
+    Runner,
+    SweepProgress,
+    Trial,
+    TrialLedger,
+    TrialOutcome,
+    _run_trial_in_worker,
+    _worker_init,
+)
+
+RAY_MISSING = "Ray is not installed: pip install '.[ray]'"
+#: Environment variables with this prefix are forwarded from the driver to every task.
+FORWARDED_ENV_PREFIX = "FETCHRL_"
+#: Seconds ray.wait blocks before the loop looks again for free slots (the cluster may grow).
+_WAIT_SECONDS = 2.0
+
+
+def import_ray() -> Any:
+    """``import ray`` or a FetchRLError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise FetchRLError(RAY_MISSING) from None
+    return ray
+
+
+# ============================================================================ inside the task
+@contextlib.contextmanager
+def _forwarded_env(env: Mapping[str, str]) -> Iterator[None]:
+    """The driver's FETCHRL_* variables for the duration of one task (Ray reuses worker processes)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+    for k in saved:
+        del os.environ[k]
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k in [k for k in os.environ if k.startswith(FORWARDED_ENV_PREFIX)]:
+            del os.environ[k]
+        os.environ.update(saved)
+
+
+def _pack(local: Trial, trial: Trial) -> dict[str, bytes]:
+    """Every file under ``local.root`` as ``{relative path: bytes}``, checkpoint fields pointing at ``trial``."""
+    for json_path in (local.paths.meta, local.paths.eval_json):
+        what = "checkpoint metadata" if json_path == local.paths.meta else "eval JSON"
+        data = read_json(json_path, what)
+        data["checkpoint"] = str(trial.paths.checkpoint)
+        write_json(json_path, data)
+    root = Path(local.root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_trial_task(trial: Trial, threads: int, env: Mapping[str, str]) -> dict[str, Any]:
+    """Body of the Ray task: run ``trial`` in a node-local temp root; return its files as bytes.
+
+    Returns ``{"ok", "error", "seconds", "node", "files"}``; ``files`` is empty unless ``ok``.
+    """
+    with _forwarded_env(env), tempfile.TemporaryDirectory(prefix="fetchrl-trial-") as tmp:
+        _worker_init(threads)  # inside: it sets FETCHRL_ENV_THREADS, which _forwarded_env restores after
+        local = dataclasses.replace(trial, root=Path(tmp))
+        ok, error, seconds = _run_trial_in_worker(local)
+        files: dict[str, bytes] = {}
+        if ok:
+            try:
+                files = _pack(local, trial)
+            except (OSError, FetchRLError) as err:
+                ok, error = False, f"packing the artifacts failed: {err}"
+    return {"ok": ok, "error": error, "seconds": seconds, "node": socket.gethostname(), "files": files}
+
+
+# ============================================================================ on the driver
+def write_trial_files(trial: Trial, files: Mapping[str, bytes]) -> None:
+    """Write a task's files under ``trial.root``: a fresh TensorBoard dir, meta then eval JSON last."""
+    paths = trial.paths
+    root = Path(trial.root)
+    last = [paths.meta.relative_to(root).as_posix(), paths.eval_json.relative_to(root).as_posix()]
+    missing = [rel for rel in last if rel not in files]
+    if missing:
+        raise FetchRLError(f"trial {trial.name} returned no {', '.join(missing)}")
+    if paths.tb_dir.exists():  # a rerun replaces the seed's logs, as train() does
+        shutil.rmtree(paths.tb_dir)
+    for rel in sorted(files, key=lambda r: last.index(r) + 1 if r in last else 0):
+        atomic_write_bytes(root / rel, files[rel])
+
+
+def _collect(ray: Any, ref: Any, trial: Trial) -> tuple[bool, str, float]:
+    """A finished task's result, its files written on the driver; Ray errors become ``(False, msg)``."""
+    try:
+        result = ray.get(ref)
+    except ray.exceptions.RayError as err:  # worker/node died, task cancelled, object lost
+        first = (str(err).strip().splitlines() or [""])[0]
+        return False, f"Ray task failed: {type(err).__name__}: {first}", 0.0
+    ok, error, seconds = bool(result["ok"]), str(result["error"]), float(result["seconds"])
+    if ok:
+        try:
+            write_trial_files(trial, result["files"])
+        except (FetchRLError, OSError) as err:
+            return False, f"writing artifacts from node {result['node']} failed: {err}", seconds
+    return ok, error, seconds
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Connect to (or start) Ray; True when this call started the connection (so we shut it down)."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address or None, ignore_reinit_error=True, include_dashboard=False,
+                 logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"Ray cluster at {address!r}" if address else "a local Ray instance"
+        raise FetchRLError(
+            f"cannot connect to {where}: {type(err).__name__}: {str(err).rstrip('.')}. Start a cluster with `ray start --head` "
+            "and pass --ray-address auto (or HOST:PORT), or omit --ray-address to start a local instance",
+            exit_code=1,
+        ) from None
+    return True
+
+
+def _slots(ray: Any, workers: int, cpus_per_trial: int) -> int:
+    """Tasks to keep in flight: ``workers`` if given, else what the cluster's CPUs hold right now."""
+    if workers > 0:
+        return workers
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_trial)
+
+
+def make_ray_runner(address: str | None, *, cpus_per_trial: int = 1) -> Runner:
+    """A sweep runner with one Ray task per trial.
+
+    Args:
+        address: ``None`` starts a local Ray instance (unless Ray is already initialised in this
+            process, e.g. by a test's ``ray.init(num_cpus=2)``; then that one is used); ``"auto"``
+            joins the cluster started on this machine by ``ray start``; ``"HOST:PORT"`` (or
+            ``"ray://HOST:10001"``) a remote one. Every node needs this project installed with the
+            same versions (``pip install -c constraints.txt '.[ray]'``).
+        cpus_per_trial: CPUs each task reserves; torch runs that many threads in it.
+
+    Raises FetchRLError at once when Ray is not installed.
+    """
+    import_ray()
+    if cpus_per_trial < 1:
+        raise FetchRLError(f"cpus_per_trial must be >= 1, got {cpus_per_trial}")
+
+    def ray_runner(trials: Sequence[Trial], workers: int, progress: SweepProgress) -> list[TrialOutcome]:
+        ray = import_ray()
+        started_here = _connect(ray, address)
+        task = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(run_trial_task)
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+        ledger = TrialLedger(trials, progress)
+        queue = deque(range(len(trials)))
+        pending: dict[Any, int] = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < _slots(ray, workers, cpus_per_trial):
+                    i = queue.popleft()
+                    ledger.start(i)
+                    pending[task.remote(trials[i], cpus_per_trial, env)] = i
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_SECONDS)
+                for ref in ready:
+                    i = pending.pop(ref)
+                    if ledger.settle(i, *_collect(ray, ref, trials[i])):
+                        queue.append(i)
+        except BaseException:  # Ctrl-C or a driver error: do not leave tasks running on the cluster
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            if started_here:
+                ray.shutdown()
+        return ledger.outcomes()
+
+    return ray_runner
