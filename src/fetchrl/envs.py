@@ -142,3 +142,10 @@ def make_vec_env(env_id: str, n_envs: int, *, seed: int, fast: bool = False, mon
         vec_env_cls=DummyVecEnv,
         monitor_dir=monitor_dir,
     )
+
+
+def goal_distance(obs: dict[str, Any]) -> float:
+    """||achieved_goal - desired_goal|| in metres for one goal-conditioned observation ([3] arrays)."""
+    import numpy as np
+
+    return float(np.linalg.norm(np.asarray(obs["achieved_goal"]) - np.asarray(obs["desired_goal"])))

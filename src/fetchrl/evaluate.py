@@ -18,7 +18,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from fetchrl import envs
-from fetchrl.artifacts import EpisodeRecord, EvalResult, RunPaths, aggregate_episodes, collect_versions, now_iso
+from fetchrl.artifacts import (
+    EpisodeRecord,
+    EvalResult,
+    RunPaths,
+    aggregate_episodes,
+    collect_versions,
+    now_iso,
+)
 from fetchrl.config import ALGO, EvalConfig
 
 Obs = dict[str, np.ndarray]
@@ -84,10 +91,6 @@ class ZeroPolicy:
         return np.zeros((n, self.act_dim), dtype=np.float32)
 
 
-def _distance(obs: Obs) -> float:
-    return float(np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"]))
-
-
 def _episode_record(seed: int, rewards: list[float], actions: list[np.ndarray], successes: list[float],
                     terminal_obs: Obs) -> EpisodeRecord:
     acts = np.asarray(actions, dtype=np.float64)
@@ -98,7 +101,7 @@ def _episode_record(seed: int, rewards: list[float], actions: list[np.ndarray], 
         return_=float(np.sum(rewards, dtype=np.float64)),
         length=len(rewards),
         success=bool(successes[-1] >= 0.5),
-        final_distance=_distance(terminal_obs),
+        final_distance=envs.goal_distance(terminal_obs),
         time_to_success=hit[0] if hit else None,
         action_smoothness=smooth,
         action_max_abs=float(np.abs(acts).max()),
