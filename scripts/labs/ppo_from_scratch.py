@@ -804,11 +804,12 @@ def compare_sb3(n_steps: int = 128, n_envs: int = 4, seed: int = 0, atol: float 
 # =============================================================================
 
 DEMO_CONFIG = PPOConfig(
-    n_envs=8, n_steps=256, batch_size=256, n_epochs=10, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95,
+    n_envs=8, n_steps=256, batch_size=256, n_epochs=10, learning_rate=1e-3, gamma=0.98, gae_lambda=0.8,
     clip_range=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, total_timesteps=100_000,
     stats_window_size=20,
 )
-"""CartPole settings chosen for a fast, reliable solve (see the README's Lab section for measurements)."""
+"""CartPole settings for a fast, reliable solve: gamma 0.98 / lambda 0.8 (rl-zoo's CartPole values) keep
+the returns the shared trunk must fit small, lr 1e-3 learns fast. Seeds 0-9 all solved in 16k-39k steps."""
 
 
 def run_demo(seed: int = 0, total_steps: int | None = None, logdir: str | None = None) -> tuple[ActorCritic, bool]:
@@ -856,27 +857,50 @@ def write_gif_atomic(frames: list[np.ndarray], path: Path, fps: int) -> None:
     os.close(fd)
     try:
         iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def render_cartpole(state: np.ndarray, width: int = 600, height: int = 400) -> np.ndarray:
+    """[height, width, 3] uint8 picture of CartPole state (x, x_dot, theta, theta_dot).
+
+    Same geometry and colours as gymnasium's rgb_array renderer, drawn with numpy: gymnasium's own
+    renderer needs pygame, which this project does not depend on.
+    """
+    x, _, theta, _ = (float(v) for v in state)
+    scale = width / 4.8  # the track spans +-2.4 m (x_threshold)
+    frame = np.full((height, width, 3), 255, dtype=np.uint8)
+    rows, cols = np.mgrid[0:height, 0:width]
+    up = height - 1 - rows  # pixel height above the bottom edge
+    cart_x, cart_y = x * scale + width / 2.0, 100.0
+    frame[height - 1 - int(cart_y)] = 0  # track
+    frame[(np.abs(cols - cart_x) <= 25) & (np.abs(up - cart_y) <= 15)] = 0  # cart, 50 x 30 px
+    axle_y = cart_y + 30 / 4
+    tip = np.array([cart_x + scale * np.sin(theta), axle_y + scale * np.cos(theta)])  # pole: 1 m
+    along = np.clip(((cols - cart_x) * (tip[0] - cart_x) + (up - axle_y) * (tip[1] - axle_y)) / scale**2, 0, 1)
+    distance = np.hypot(cols - cart_x - along * (tip[0] - cart_x), up - axle_y - along * (tip[1] - axle_y))
+    frame[distance <= 5] = (202, 152, 101)  # pole, 10 px wide
+    frame[np.hypot(cols - cart_x, up - axle_y) <= 5] = (129, 132, 203)  # axle
+    return frame
+
+
 def record_cartpole(model: ActorCritic, path: Path = DEFAULT_GIF, seed: int = 0, frame_skip: int = 2) -> int:
     """One deterministic episode (mean action) rendered to a GIF; returns the number of frames."""
-    env = make_cartpole(render_mode="rgb_array")
+    env = make_cartpole()
     obs, _ = env.reset(seed=seed)
-    frames, episode_return, step = [env.render()], 0.0, 0
-    while True:
+    frames, episode_return, step = [render_cartpole(env.unwrapped.state)], 0.0, 0
+    terminated = truncated = False
+    while not (terminated or truncated):
         with torch.no_grad():
             dist, _ = model(torch.as_tensor(obs, dtype=torch.float32)[None])
         obs, reward, terminated, truncated, _ = env.step(dist.mean[0].numpy())
         episode_return += float(reward)
         step += 1
         if step % frame_skip == 0:
-            frames.append(env.render())
-        if terminated or truncated:
-            break
+            frames.append(render_cartpole(env.unwrapped.state))
     fps = max(1, env.metadata.get("render_fps", 50) // frame_skip)
     env.close()
     write_gif_atomic(frames, path, fps)
