@@ -20,9 +20,13 @@ Two pieces, each proven equal to the stock path by ``tests/test_fastenv.py``:
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import queue
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,9 +34,13 @@ from typing import Any
 import gymnasium as gym
 import mujoco
 import numpy as np
-from gymnasium_robotics.envs.fetch.reach import MujocoFetchReachEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
+
+# gymnasium_robotics prints an unrelated Adroit notice on import; keep stdout clean (as envs.py does).
+with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from gymnasium_robotics.envs.fetch.reach import MujocoFetchReachEnv
 
 #: Gymnasium ids with a fast implementation, and the reward type each one uses.
 _REWARD_TYPES = {"FetchReachDense-v4": "dense", "FetchReach-v4": "sparse"}
@@ -238,7 +246,8 @@ class ThreadedVecEnv(VecEnv):
         self.buf_infos: list[dict[str, Any]] = [{} for _ in range(n)]
         self.metadata = env.metadata
         self.max_episode_steps = max_episode_steps
-        self.actions = np.zeros((n, *env.action_space.shape), dtype=env.action_space.dtype)
+        act_shape = tuple(env.action_space.shape or ())
+        self.actions = np.zeros((n, *act_shape), dtype=env.action_space.dtype)
         self._elapsed = [0] * n
         self._ep_return = [0.0] * n
         self._t_start = [time.time()] * n  # Monitor's t_start: the wrapper's creation time
@@ -321,6 +330,39 @@ class ThreadedVecEnv(VecEnv):
         for env in self.envs:
             env.close()
 
+    # ------------------------------------------------------------------ resume (fetchrl.resume, kind "vec")
+    def get_state(self) -> list[dict[str, Any]]:
+        """Picklable copies of everything that decides the next steps, per env: MuJoCo's integration
+        state, the goal, the env's and action space's RNG states and the TimeLimit/Monitor counters."""
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        states = []
+        for i, env in enumerate(self.envs):
+            base: Any = env.unwrapped
+            sim = np.empty(mujoco.mj_stateSize(base.model, spec), dtype=np.float64)
+            mujoco.mj_getState(base.model, base.data, sim, spec)
+            states.append({"sim": sim, "goal": np.array(base.goal, copy=True),
+                           "np_random": copy.deepcopy(base.np_random.bit_generator.state),
+                           "action_space_rng": copy.deepcopy(env.action_space.np_random.bit_generator.state),
+                           "elapsed": self._elapsed[i], "ep_return": self._ep_return[i], "t_start": self._t_start[i]})
+        return states
+
+    def set_state(self, states: Sequence[dict[str, Any]]) -> None:
+        """Inverse of :meth:`get_state` on a VecEnv built with the same id and ``n_envs``."""
+        if len(states) != self.num_envs:
+            raise ValueError(f"state of {len(states)} envs given to a VecEnv of {self.num_envs}")
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        for i, (env, st) in enumerate(zip(self.envs, states, strict=True)):
+            base: Any = env.unwrapped
+            sim = np.asarray(st["sim"], dtype=np.float64)
+            if sim.size != mujoco.mj_stateSize(base.model, spec):
+                raise ValueError("saved simulator state does not fit this model (another env or mujoco version)")
+            mujoco.mj_setState(base.model, base.data, sim, spec)
+            mujoco.mj_forward(base.model, base.data)  # derived quantities (xpos, site frames) the next step reads
+            base.goal = np.array(st["goal"], copy=True)
+            base.np_random.bit_generator.state = copy.deepcopy(st["np_random"])
+            env.action_space.np_random.bit_generator.state = copy.deepcopy(st["action_space_rng"])
+            self._elapsed[i], self._ep_return[i], self._t_start[i] = st["elapsed"], st["ep_return"], st["t_start"]
+
     # ------------------------------------------------------------------ SB3 VecEnv plumbing
     def get_images(self) -> Sequence[np.ndarray | None]:
         if self.render_mode != "rgb_array":
@@ -369,3 +411,19 @@ def make_vec_env(env_id: str, n_envs: int, *, seed: int, n_threads: int | None =
     vec = ThreadedVecEnv([thunk(i) for i in range(n_envs)], n_threads=n_threads)
     vec.seed(seed)
     return vec
+
+
+# ====================================================================== torch threads
+#: Torch intra-op threads for the fast path. The policy is a 64-64 MLP on minibatches of 256: a
+#: second thread buys nothing there, while the env threads need the cores — and on a shared
+#: machine OpenMP's spin-waiting makes 2 threads several times *slower* (bench/bench_speed.py).
+FAST_TORCH_THREADS = 1
+
+
+def configure_torch_threads(n_threads: int = FAST_TORCH_THREADS) -> int:
+    """Set torch's intra-op thread count for training on the fast path; returns the previous value."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    return previous
