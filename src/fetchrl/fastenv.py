@@ -37,6 +37,8 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
+from fetchrl.config import ENV_THREADS_VAR
+
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep stdout clean (as envs.py does).
 with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -182,9 +184,13 @@ def make_raw(env_id: str, render_mode: str | None = None, **kwargs: Any) -> Fast
 
 # ====================================================================== thread-parallel VecEnv
 def default_n_threads() -> int:
-    """Two stepping threads on a machine with two or more cores (more add GIL contention, not speed)."""
+    """Two stepping threads on a machine with two or more cores (more add GIL contention, not speed),
+    or fewer when a sweep worker's ``FETCHRL_ENV_THREADS`` share says so."""
     import os
 
+    share = os.environ.get(ENV_THREADS_VAR, "")
+    if share.isdigit() and int(share) > 0:
+        return min(2, int(share))
     return max(1, min(2, os.cpu_count() or 1))
 
 

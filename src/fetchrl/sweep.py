@@ -41,7 +41,7 @@ from fetchrl.artifacts import (
     now_iso,
     trial_root,
 )
-from fetchrl.config import ALGO, EvalConfig, TrainConfig
+from fetchrl.config import ALGO, ENV_THREADS_VAR, EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
 from fetchrl.stats import mean_std, rliable_summary
 
@@ -59,8 +59,6 @@ BACKENDS = ("local", "ray")
 MAX_ATTEMPTS = 2
 #: Test hook read by the worker: whitespace-separated patterns of trial names made to fail.
 FAIL_TRIAL_ENV = "FETCHRL_FAIL_TRIAL"
-#: Stepping threads per trial for the fast vector env (set beside torch's thread count).
-ENV_THREADS_ENV = "FETCHRL_ENV_THREADS"
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ def _worker_init(torch_threads: int) -> None:
     import torch
 
     torch.set_num_threads(torch_threads)
-    os.environ[ENV_THREADS_ENV] = str(torch_threads)
+    os.environ[ENV_THREADS_VAR] = str(torch_threads)
 
 
 def _injected_failure(trial: Trial) -> None:
