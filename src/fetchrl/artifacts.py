@@ -56,11 +56,6 @@ class RunPaths:
         return self.root / "checkpoints" / f"{self._stem}.meta.json"
 
     @property
-    def resume_state(self) -> Path:
-        """RNG and simulator state beside the checkpoint, for bit-exact resume."""
-        return self.root / "checkpoints" / f"{self._stem}.state.pkl"
-
-    @property
     def eval_json(self) -> Path:
         return self.root / "results" / f"{self._result_stem}_eval.json"
 
@@ -264,8 +259,12 @@ class TrainMeta:
         write_json(path, dataclasses.asdict(self))
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path, what: str = "checkpoint metadata") -> TrainMeta:
+        return _from_dict(cls, data, path, what)
+
+    @classmethod
     def from_json(cls, path: Path) -> TrainMeta:
-        return _from_dict(cls, read_json(path, "checkpoint metadata"), path, "checkpoint metadata")
+        return cls.from_dict(read_json(path, "checkpoint metadata"), path)
 
 
 @dataclass

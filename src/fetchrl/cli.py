@@ -116,9 +116,12 @@ def _sweep_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("sweep")
     g.add_argument("--seeds", type=_positive_int, default=5, help="seeds 0..N-1 (default 5)")
-    g.add_argument("--workers", type=_positive_int, default=None, help="parallel trials (default: core count)")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="trials in flight at once (default: the core count; with --backend ray: the cluster's CPUs)")
     g.add_argument("--backend", choices=("local", "ray"), default="local")
-    g.add_argument("--ray-address", default=None, help="Ray cluster: auto or HOST:PORT (default: start locally)")
+    g.add_argument("--ray-address", default=None,
+                   help="with --backend ray: auto (cluster started by 'ray start' on this machine) or HOST:PORT "
+                        "(default: start a local Ray instance)")
     return p
 
 
@@ -156,7 +159,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not checkenv.print_checks(config.env_id, checkenv.run_checks(config.env_id, fast=config.fast_env)):
         raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
     paths = _paths(args)
-    meta = train(config, paths, progress=not args.no_progress, resume=args.resume, force=args.force)
+    meta = train(config, paths, progress=not args.no_progress, resume=args.resume, force=args.force,
+                 checkpoint_every=args.checkpoint_every)
     print(f"trained {meta.num_timesteps} steps in {meta.wall_time_s:.1f} s ({meta.steps_per_second:.0f} steps/s)")
     print(f"checkpoint: {paths.checkpoint}\nmetadata:   {paths.meta}\ntensorboard: {paths.tb_dir}")
     return 0
@@ -243,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str,
             parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, parents=list(parents))
+        p = sub.add_parser(name, help=help_, description=help_, parents=list(parents))  # type: ignore[arg-type]
         p.set_defaults(handler=handler)
         return p
 
@@ -251,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
             [run, trn])
     p.add_argument("--resume", action="store_true", help="continue this seed's checkpoint up to --total-steps")
     p.add_argument("--force", action="store_true", help="resume even if hyper-parameters or versions differ")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=0, metavar="STEPS",
+                   help="also checkpoint at the first rollout boundary after every STEPS steps (default: "
+                        "only at the end and on Ctrl-C/SIGTERM)")
     add("eval", cmd_eval, "evaluate the seed's checkpoint on deterministic, seeded episodes -> eval JSON",
         [run, evl])
     add("report", cmd_report, "PASS/FAIL against the chapter's three criteria (exit 0/1), beside random and "
@@ -277,11 +284,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that build environments (their --env-id is checked first) and that write under --root.
+#: Not video: it checks its render backend before anything imports MuJoCo (which fails with a bad MUJOCO_GL).
+_ENV_COMMANDS = frozenset({"train", "eval", "report", "all", "multi-seed", "ablate", "sweep", "check-env"})
+_WRITING_COMMANDS = frozenset({"train", "eval", "report", "all", "multi-seed", "ablate", "sweep", "plot", "video"})
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Fail before any work (and before worker processes start) on an unknown env id or an unusable --root."""
+    if args.command in _WRITING_COMMANDS:
+        existing = args.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise FetchRLError(f"--root {args.root} cannot hold output: {existing} is not a writable directory")
+    if args.command in _ENV_COMMANDS:
+        from fetchrl import envs
+
+        envs.validate_env_id(args.env_id)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "no_progress", False) or not sys.stderr.isatty():
         os.environ.setdefault("TQDM_MININTERVAL", "5")
     try:
+        _preflight(args)
         return int(args.handler(args))
     except FetchRLError as err:
         sys.stderr.write(f"error: {err}\n")

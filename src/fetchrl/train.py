@@ -1,31 +1,50 @@
 """Train SB3 PPO on a Fetch task with the chapter's configuration and write its artifacts.
 
 Artifacts (see ``fetchrl.artifacts.RunPaths``): the checkpoint zip, its meta JSON and the
-TensorBoard run directory. Ctrl-C / SIGTERM stop training at the next step, save an *incomplete*
-checkpoint and raise :class:`TrainingInterrupted`; ``resume=True`` continues it.
+TensorBoard run directory.
+
+Reliability (issue 7):
+
+- **Interrupts.** SIGINT / SIGTERM only set a flag (:class:`StopRequest`); SB3 stops at the next env
+  step (:class:`~fetchrl.callbacks.StopFlagCallback`), and the state of the last *rollout boundary*,
+  kept in memory by :class:`~fetchrl.resume.RolloutSnapshots`, is saved as an incomplete checkpoint.
+  :class:`TrainingInterrupted` then carries exit code 130 / 143 and the command that resumes. A
+  second signal exits at once; every write is atomic, so nothing on disk is half-written.
+- **Resume.** ``resume=True`` continues the seed's checkpoint to ``config.total_steps`` with
+  ``reset_num_timesteps=False``, restoring RNG, simulator, SB3 and logger state: on the reference
+  env path the result equals the uninterrupted run bit for bit (policy and optimiser state_dicts).
+- **Periodic checkpoints.** ``checkpoint_every=N`` writes the boundary snapshot whenever N steps
+  passed since the last one, so ``kill -9`` loses at most N steps (plus the rollout in progress).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from fetchrl import envs
-from fetchrl.artifacts import RunPaths, TrainMeta, atomic_path, collect_versions, now_iso
-from fetchrl.callbacks import ProgressCallback, StopFlagCallback, WallClockCallback
-from fetchrl.config import ALGO, TrainConfig
+from fetchrl.artifacts import RunPaths, TrainMeta, collect_versions, now_iso
+from fetchrl.callbacks import ProgressCallback, StopFlagCallback
+from fetchrl.config import ALGO, HYPERPARAMETER_NAMES, TrainConfig
 from fetchrl.errors import FetchRLError
+from fetchrl.resume import ResumeState, Snapshot
 
 #: Exit codes of a process stopped by a signal (128 + signal number), as shells report them.
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+#: The script users run; named in the resume hint.
+SCRIPT = "scripts/ch02_ppo_dense_reach.py"
 
 
 class TrainingInterrupted(FetchRLError):
-    """Training stopped on SIGINT/SIGTERM after saving an incomplete checkpoint."""
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
 
 
 @dataclass
@@ -42,6 +61,8 @@ class StopRequest:
         if self.signum is not None:  # second signal: leave at once; every artifact write is atomic
             raise SystemExit(SIGNAL_EXIT_CODES.get(signal.Signals(signum), 1))
         self.signum = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping at the next step and saving "
+                         "(signal again to quit without saving)\n")
 
     def install(self) -> StopRequest:
         import threading
@@ -57,11 +78,20 @@ class StopRequest:
         self._previous.clear()
 
 
-def _configure_torch(config: TrainConfig) -> None:
+@contextlib.contextmanager
+def _torch_determinism(config: TrainConfig) -> Iterator[None]:
+    """``--deterministic``: deterministic torch kernels while this run trains (restored afterwards)."""
     import torch
 
+    before = torch.are_deterministic_algorithms_enabled()
     if config.deterministic_torch:
+        if config.device != "cpu":  # cuBLAS needs a fixed workspace to be deterministic (set before CUDA starts)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def _new_model(config: TrainConfig, env: Any) -> Any:
@@ -77,19 +107,45 @@ def _new_model(config: TrainConfig, env: Any) -> Any:
     )
 
 
-def _reset_tb_dir(tb_dir: Path) -> None:
-    """A rerun of a seed replaces that seed's logs (SB3 would append ``_1``, ``_2``...)."""
-    if tb_dir.exists():
-        shutil.rmtree(tb_dir)
-    tb_dir.mkdir(parents=True, exist_ok=True)
+def _prepare_dirs(paths: RunPaths, *, fresh_logs: bool) -> None:
+    """Create the output directories (and clear a rerun's logs) before any training, or fail clearly."""
+    for d in (paths.checkpoint.parent, paths.tb_dir.parent):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise FetchRLError(f"cannot write to {d}: {err.strerror or err} (check --root)") from None
+    for target in (paths.checkpoint, paths.meta):  # temp files a killed run left (atomic_path's names)
+        for stale in target.parent.glob(f".{target.name}.*.tmp*"):
+            stale.unlink(missing_ok=True)
+    if fresh_logs and paths.tb_dir.exists():  # a rerun of a seed replaces its logs (SB3 would add _1, _2...)
+        shutil.rmtree(paths.tb_dir)
+    paths.tb_dir.mkdir(parents=True, exist_ok=True)
 
 
-def save_checkpoint(model: Any, config: TrainConfig, paths: RunPaths, *, wall_time_s: float,
-                    complete: bool, stop_reason: str) -> TrainMeta:
-    """Write checkpoint zip then its meta JSON, each atomically (meta last: it vouches for the zip)."""
-    with atomic_path(paths.checkpoint) as tmp:
-        model.save(tmp)
-    meta = TrainMeta(
+def resume_command(config: TrainConfig, paths: RunPaths) -> str:
+    """The command line that continues this run (options that differ from the defaults only)."""
+    default = TrainConfig()
+    parts = [SCRIPT, "train", "--resume", "--seed", str(config.seed), "--total-steps", str(config.total_steps)]
+    if config.env_id != default.env_id:
+        parts += ["--env-id", config.env_id]
+    if paths.root != Path("."):
+        parts += ["--root", str(paths.root)]
+    for name in HYPERPARAMETER_NAMES:
+        if name != "policy" and getattr(config, name) != getattr(default, name):
+            parts += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
+    if config.device != default.device:
+        parts += ["--device", config.device]
+    if not config.fast_env:
+        parts.append("--reference-env")
+    if config.deterministic_torch:
+        parts.append("--deterministic")
+    return " ".join(parts)
+
+
+def _meta(config: TrainConfig, paths: RunPaths, model: Any, snapshot: Snapshot, *, complete: bool,
+          stop_reason: str) -> TrainMeta:
+    wall = snapshot.wall_time_s
+    return TrainMeta(
         created_at=now_iso(),
         algo=ALGO,
         env_id=config.env_id,
@@ -98,65 +154,157 @@ def save_checkpoint(model: Any, config: TrainConfig, paths: RunPaths, *, wall_ti
         n_envs=config.n_envs,
         total_steps=config.total_steps,
         hyperparameters=config.hyperparameters,
-        wall_time_s=round(wall_time_s, 3),
-        steps_per_second=round(model.num_timesteps / wall_time_s, 1) if wall_time_s > 0 else 0.0,
+        wall_time_s=round(wall, 3),
+        steps_per_second=round(snapshot.num_timesteps / wall, 1) if wall > 0 else 0.0,
         checkpoint=str(paths.checkpoint),
         versions=collect_versions(),
-        num_timesteps=int(model.num_timesteps),
+        num_timesteps=snapshot.num_timesteps,
         complete=complete,
         stop_reason=stop_reason,
         fast_env=config.fast_env,
         observation_space=repr(model.observation_space),
         action_space=repr(model.action_space),
     )
-    meta.to_json(paths.meta)
-    return meta
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
 
 
 def train(config: TrainConfig, paths: RunPaths, *, progress: bool = True, resume: bool = False,
-          force: bool = False) -> TrainMeta:
+          force: bool = False, checkpoint_every: int = 0) -> TrainMeta:
     """Train (or resume) one run and write its checkpoint, meta JSON and TensorBoard logs.
 
-    Returns the meta written. Raises TrainingInterrupted (exit 130/143) after saving an
-    incomplete checkpoint when SIGINT/SIGTERM arrives.
+    Args:
+        resume: continue ``paths.checkpoint`` up to ``config.total_steps`` (refused when its env id,
+            hyper-parameters or library versions differ, unless ``force``).
+        checkpoint_every: also write a checkpoint at the first rollout boundary after every this
+            many steps (0: only at the end or on interrupt).
+
+    Returns the meta written. Raises TrainingInterrupted (exit 130/143) after saving the last
+    rollout boundary as an incomplete checkpoint when SIGINT/SIGTERM arrives.
     """
+    if checkpoint_every < 0:
+        raise FetchRLError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    envs.validate_env_id(config.env_id)
+    if resume:
+        from fetchrl.checkpoints import check_resumable
+
+        check_resumable(config, paths, force=force)  # refuse before building anything
+    _prepare_dirs(paths, fresh_logs=not resume)
+    stop = StopRequest().install()  # early: a signal during set-up stops at the first step
+    try:
+        with _torch_determinism(config):
+            return _train(config, paths, stop, progress=progress, resume=resume, force=force,
+                          checkpoint_every=checkpoint_every)
+    finally:
+        stop.uninstall()
+
+
+@dataclass
+class _CheckpointWriter:
+    """Writes a rollout-boundary snapshot as this run's checkpoint (zip with meta inside, then meta JSON)."""
+
+    config: TrainConfig
+    paths: RunPaths
+    model: Any
+
+    def __call__(self, snapshot: Snapshot, complete: bool = False,
+                 reason: str = "in progress (periodic checkpoint)") -> TrainMeta:
+        from fetchrl.checkpoints import write_checkpoint
+
+        meta = _meta(self.config, self.paths, self.model, snapshot, complete=complete, stop_reason=reason)
+        write_checkpoint(self.paths, snapshot, meta)
+        return meta
+
+
+def _model_for(config: TrainConfig, paths: RunPaths, env: Any, *, resume: bool,
+               force: bool) -> tuple[Any, ResumeState | None, float]:
+    """A new model, or the checkpoint's with env state restored: (model, resume state, prior wall time)."""
+    if not resume:
+        return _new_model(config, env), None, 0.0
+    from fetchrl.checkpoints import load_for_resume
+    from fetchrl.resume import after_existing_event_files, truncate_event_files
+
+    resumed = load_for_resume(config, paths, env, force=force)
+    if resumed.inexact:
+        _warn(f"resuming {paths.checkpoint} from step {resumed.model.num_timesteps}, not bit-exact: "
+              f"{resumed.inexact}")
+    truncate_event_files(paths.tb_dir, resumed.model.num_timesteps)
+    after_existing_event_files(paths.tb_dir)
+    return resumed.model, resumed.state, resumed.meta.wall_time_s
+
+
+def _train(config: TrainConfig, paths: RunPaths, stop: StopRequest, *, progress: bool, resume: bool, force: bool,
+           checkpoint_every: int) -> TrainMeta:
     from stable_baselines3.common.logger import configure
 
-    envs.validate_env_id(config.env_id)
-    _configure_torch(config)
+    from fetchrl.resume import RolloutSnapshots, restore_logger, restore_rng
+
     env = envs.make_vec_env(config.env_id, config.n_envs, seed=config.seed, fast=config.fast_env)
     try:
-        if resume:
-            from fetchrl.checkpoints import load_for_resume
-
-            model, prior = load_for_resume(config, paths, env, force=force)
-            prior_wall = prior.wall_time_s
-            paths.tb_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            model = _new_model(config, env)
-            prior_wall = 0.0
-            _reset_tb_dir(paths.tb_dir)
+        model, state, prior_wall = _model_for(config, paths, env, resume=resume, force=force)
         model.set_logger(configure(str(paths.tb_dir), ["tensorboard"]))
-        remaining = config.total_steps - model.num_timesteps
-        start = model.num_timesteps
-        stop = StopRequest().install()
-        clock = WallClockCallback()
-        callbacks = [clock, StopFlagCallback(stop), ProgressCallback(config.total_steps, f"train seed {config.seed}",
-                                                                      start=start, disable=not progress)]
+        write = _CheckpointWriter(config, paths, model)
+        snapshots = RolloutSnapshots(write, every=checkpoint_every, wall_offset=prior_wall)
+        callbacks = [snapshots, StopFlagCallback(stop),
+                     ProgressCallback(config.total_steps, f"train seed {config.seed}", start=model.num_timesteps,
+                                      disable=not progress)]
+        if state is not None:  # last, right before learn: nothing else may draw from the generators
+            restore_logger(model.logger, state.logger)
+            restore_rng(state.rng)
         try:
-            if remaining > 0:
-                model.learn(remaining, callback=callbacks, reset_num_timesteps=not resume, progress_bar=False)
+            model.learn(config.total_steps - model.num_timesteps, callback=callbacks,
+                        reset_num_timesteps=not resume, progress_bar=False)
         finally:
-            stop.uninstall()
-        wall = prior_wall + clock.seconds
-        if stop.signum is not None:
-            name = signal.Signals(stop.signum).name
-            save_checkpoint(model, config, paths, wall_time_s=wall, complete=False, stop_reason=f"interrupted by {name}")
+            model.logger.close()
+        if stop.signum is not None and snapshots.in_rollout and snapshots.latest is not None:
+            return _interrupted(config, paths, stop.signum, snapshots.latest, write)
+        meta = write(Snapshot.take(model, snapshots.wall_time()), complete=True, reason="completed")
+        if stop.signum is not None:  # the signal came during the last update: the run is complete
             raise TrainingInterrupted(
-                f"training stopped by {name} at {model.num_timesteps} of {config.total_steps} steps; "
-                f"checkpoint saved to {paths.checkpoint} — resume with: train --seed {config.seed} --resume",
-                exit_code=SIGNAL_EXIT_CODES[signal.Signals(stop.signum)],
-            )
-        return save_checkpoint(model, config, paths, wall_time_s=wall, complete=True, stop_reason="completed")
+                f"{signal.Signals(stop.signum).name} arrived as training finished; the complete checkpoint "
+                f"({meta.num_timesteps} steps) is saved to {paths.checkpoint}",
+                exit_code=SIGNAL_EXIT_CODES[signal.Signals(stop.signum)])
+        return meta
     finally:
         env.close()
+
+
+def _interrupted(config: TrainConfig, paths: RunPaths, signum: int, snapshot: Snapshot,
+                 write: _CheckpointWriter) -> TrainMeta:
+    """Save the last rollout boundary as an incomplete checkpoint; raise with the command that resumes."""
+    name = signal.Signals(signum).name
+    write(snapshot, complete=False, reason=f"interrupted by {name}")
+    raise TrainingInterrupted(
+        f"training stopped by {name}; checkpoint at step {snapshot.num_timesteps} of {config.total_steps} "
+        f"saved to {paths.checkpoint} (the unfinished rollout is redone on resume); "
+        f"resume with: {resume_command(config, paths)}",
+        exit_code=SIGNAL_EXIT_CODES[signal.Signals(signum)],
+    )
+
+
+def train_or_resume(config: TrainConfig, paths: RunPaths, *, progress: bool = False,
+                    checkpoint_every: int = 0) -> TrainMeta:
+    """What a rerun sweep wants for one trial: never redo finished or interrupted work.
+
+    - the seed's checkpoint is a complete run of exactly ``config``: returned as is, nothing trains;
+    - it is an unfinished run of ``config`` (same env id, hyper-parameters and versions): resumed,
+      bit-exact on the reference env path;
+    - anything else (none, corrupt, another configuration): trained from scratch, replacing it.
+    """
+    from fetchrl.checkpoints import checkpoint_meta, require_zip, resume_problems
+
+    meta = None
+    if paths.checkpoint.is_file():
+        try:
+            require_zip(paths.checkpoint, paths.seed)
+            meta = checkpoint_meta(paths)
+        except FetchRLError:
+            meta = None
+    if meta is not None and not resume_problems(meta, config):
+        if meta.complete and meta.total_steps == config.total_steps and meta.num_timesteps >= config.total_steps:
+            return meta
+        if not meta.complete and meta.num_timesteps < config.total_steps:
+            return train(config, paths, progress=progress, resume=True, checkpoint_every=checkpoint_every)
+    return train(config, paths, progress=progress, checkpoint_every=checkpoint_every)
