@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,3 +28,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
     train(TINY, paths, progress=False)
     evaluate(paths, TINY_EVAL, progress=False)
     return paths
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test (restored after): small MLPs on 2 shared cores train faster, and the
+    subprocesses the tests start (OMP_NUM_THREADS=1) produce the same bits."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,7 +8,7 @@ quiet and that each warning fires when training really provokes it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -261,15 +261,7 @@ ENV_ID = "FetchReachDense-v4"
 SMALL = dict(total_steps=4096, n_envs=2, n_steps=256, batch_size=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Small MLPs train faster on one thread when the 2 cores are shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_small(root: Path, **changes: Any) -> Path:

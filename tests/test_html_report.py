@@ -205,7 +205,7 @@ def test_full_run_end_to_end(run: RunPaths, result: EvalResult, baselines: list[
     assert "data:image/gif;base64," in page and "data:image/png;base64," in page
     for finding in diagnosis.to_dict()["findings"]:
         assert finding["id"] in page
-    assert f"{meta.num_timesteps} of {meta.total_steps}" in page and str(meta.steps_per_second) in page
+    assert f"{meta.num_timesteps} of {meta.total_steps}" in page and f"{meta.steps_per_second:.4g}" in page
     for name in meta.hyperparameters:
         assert f"<th>{name}</th>" in page
     assert meta.versions["torch"] in page and "success_rate" in page

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,14 +80,6 @@ def test_common_grid_interpolates_on_the_overlap() -> None:
 
 
 # ---------------------------------------------------------------- figures
-@pytest.fixture(scope="module")
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_plot_run_from_a_real_training_run(tmp_path: Path, one_torch_thread: None) -> None:

@@ -190,7 +190,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     from fetchrl.pipeline import run_all
 
     return run_all(_train_config(args), _eval_config(args), _paths(args), progress=not args.no_progress,
-                   video=not args.no_video)
+                   video=not args.no_video, resume=args.resume)
 
 
 def cmd_multi_seed(args: argparse.Namespace) -> int:
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         "zero-action baselines", [run])
     p = add("all", cmd_all, "check-env, train, eval, report, diagnose, plots, video, HTML report", [run, trn, evl])
     p.add_argument("--no-video", action="store_true", help="skip the GIF (and its HTML section)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue this seed's interrupted training (as train --resume), then evaluate and report")
     add("multi-seed", cmd_multi_seed, "train + evaluate seeds 0..N-1 in parallel; aggregate mean ± std",
         [run, trn, evl, swp])
     p = add("ablate", cmd_ablate, "exercise 2.4: train every clip_range setting x seeds; compare", [run, trn, evl, swp])
@@ -285,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Commands that build environments (their --env-id is checked first) and that write under --root.
-#: Not video: it checks its render backend before anything imports MuJoCo (which fails with a bad MUJOCO_GL).
-_ENV_COMMANDS = frozenset({"train", "eval", "report", "all", "multi-seed", "ablate", "sweep", "check-env"})
+_ENV_COMMANDS = frozenset({"train", "eval", "report", "all", "multi-seed", "ablate", "sweep", "check-env",
+                           "video"})
 _WRITING_COMMANDS = frozenset({"train", "eval", "report", "all", "multi-seed", "ablate", "sweep", "plot", "video"})
 
 
@@ -301,6 +303,9 @@ def _preflight(args: argparse.Namespace) -> None:
     if args.command in _ENV_COMMANDS:
         from fetchrl import envs
 
+        # MuJoCo picks its GL backend when first imported: choose EGL on a headless machine before that,
+        # so `all` and `video` can render offscreen.
+        envs.ensure_render_backend()
         envs.validate_env_id(args.env_id)
 
 

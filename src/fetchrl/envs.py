@@ -55,8 +55,45 @@ def check_dependencies() -> None:
 def ensure_render_backend() -> None:
     """Offscreen MuJoCo rendering needs a GL backend: use EGL (Mesa works on CPU) without a display."""
     if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-        os.environ["MUJOCO_GL"] = "egl"
-        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+        os.environ["MUJOCO_GL"] = "egl"  # mujoco.egl sets PYOPENGL_PLATFORM to match
+
+
+#: The one-line fix for a render failure, by MUJOCO_GL backend (Debian/Ubuntu package names).
+EGL_PACKAGES = "libegl1 libopengl0 libgl1-mesa-dri"
+_GL_FIXES = {
+    "egl": f"apt-get install {EGL_PACKAGES} (Mesa renders on the CPU), or MUJOCO_GL=osmesa with libosmesa6",
+    "osmesa": f"apt-get install libosmesa6, or MUJOCO_GL=egl with {EGL_PACKAGES}",
+    "glfw": f"a glfw window needs a display; without one set MUJOCO_GL=egl (apt-get install {EGL_PACKAGES})",
+}
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), for one-line reports."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}"[:200]
+
+
+def render_backend_error(problem: str) -> FetchRLError:
+    """The one-line error, with its fix, for a MuJoCo GL backend that cannot load or render."""
+    backend = os.environ.get("MUJOCO_GL", "")
+    fix = _GL_FIXES.get(backend.lower().strip(), f"set MUJOCO_GL=egl and apt-get install {EGL_PACKAGES}")
+    message = f"offscreen rendering failed with MUJOCO_GL={backend or '<unset>'} ({problem}); fix: {fix}"
+    return FetchRLError(message, exit_code=1)
+
+
+def import_mujoco() -> None:
+    """Import MuJoCo, which loads the GL backend named by MUJOCO_GL at import time.
+
+    A missing libEGL/libOSMesa or a bad MUJOCO_GL value surfaces as ImportError, AttributeError or
+    RuntimeError from deep inside MuJoCo; every command gets the one-line fix instead.
+    """
+    problem = None
+    try:
+        import mujoco  # noqa: F401
+    except Exception as err:
+        problem = describe_error(err)
+    if problem is not None:
+        raise render_backend_error(problem)
 
 
 def register_envs() -> None:
@@ -65,6 +102,7 @@ def register_envs() -> None:
     if _registered:
         return
     check_dependencies()
+    import_mujoco()
     import gymnasium as gym
 
     # gymnasium_robotics prints an unrelated Adroit notice to stderr on import; keep our output clean.

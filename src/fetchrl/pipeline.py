@@ -33,6 +33,15 @@ def _diagnosis_or_none(paths: RunPaths) -> Any | None:
         return None
 
 
+def _plot_or_none(plot_fn: Any, *args: Any, **kwargs: Any) -> Path | None:
+    """Draw a figure; a run too short to have every curve gets a warning, not a failed command."""
+    try:
+        return plot_fn(*args, **kwargs)  # type: ignore[no-any-return]
+    except FetchRLError as err:
+        console.print(f"[yellow]plot skipped: {err}[/]")
+        return None
+
+
 def _baselines(result: EvalResult, fast: bool) -> list[EvalResult]:
     from fetchrl.evaluate import baseline_results
 
@@ -59,7 +68,7 @@ def report(paths: RunPaths, *, fast: bool = True, diagnosis: Any | None = None,
 
 
 def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, progress: bool = True,
-            video: bool = True) -> int:
+            video: bool = True, resume: bool = False) -> int:
     """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report."""
     from fetchrl import checkenv
     from fetchrl.evaluate import evaluate
@@ -69,7 +78,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
 
     if not checkenv.print_checks(config.env_id, checkenv.run_checks(config.env_id, fast=config.fast_env)):
         raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
-    meta = train(config, paths, progress=progress)
+    meta = train(config, paths, progress=progress, resume=resume)
     console.print(f"trained {meta.num_timesteps} steps in {meta.wall_time_s:.1f} s "
                   f"({meta.steps_per_second:.0f} steps/s) -> {paths.checkpoint}")
     result = evaluate(paths, eval_config, device=config.device, fast=config.fast_env, progress=progress)
@@ -77,7 +86,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     diagnosis = _diagnosis_or_none(paths)
     baselines = _baselines(result, config.fast_env)
     code = report(paths, fast=config.fast_env, diagnosis=diagnosis, baselines=baselines)
-    curves = plot_run(paths.tb_dir, paths.curves_png)
+    curves = _plot_or_none(plot_run, paths.tb_dir, paths.curves_png)
     gif = None
     if video:
         from fetchrl.video import record_video
@@ -139,8 +148,8 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
     console.print(f"robustness (success std < {ROBUST_SUCCESS_STD:.0%}): "
                   f"[{'green' if robust else 'red'}]{'PASS' if robust else 'FAIL'}[/] (std {std:.1%})")
     logdirs = {s: RunPaths(config.env_id, s, root).tb_dir for s in agg.seeds}
-    png = plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(root),
-                          final_scores={k: [getattr(s, k) for s in agg.per_seed] for k in SEED_METRICS})
+    png = _plot_or_none(plot_multi_seed, logdirs, artifacts.multi_seed_plot_path(root),
+                        final_scores={k: [getattr(s, k) for s in agg.per_seed] for k in SEED_METRICS})
     console.print(f"aggregate: {out}\nplot: {png}")
     return 0 if robust and not failed["default"] else 1
 
@@ -156,7 +165,11 @@ def _training_means(logdirs: list[Path]) -> dict[str, float]:
     kl: list[float] = []
     clip: list[float] = []
     for d in logdirs:
-        series = read_scalars(d, (metrics.APPROX_KL, metrics.CLIP_FRACTION))
+        try:
+            series = read_scalars(d, (metrics.APPROX_KL, metrics.CLIP_FRACTION))
+        except FetchRLError as err:  # e.g. a run shorter than one update: leave it out, say so
+            console.print(f"[yellow]training curves of {d} left out: {err}[/]")
+            continue
         kl.extend(series[metrics.APPROX_KL].values.tolist())
         clip.extend(series[metrics.CLIP_FRACTION].values.tolist())
     if not kl:
@@ -244,7 +257,7 @@ def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], c
         console.print(f"[bold]{question}[/]: {answer}")
     groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]  # type: ignore[union-attr]
               for s in settings}
-    png = plot_ablation(groups, artifacts.ablation_plot_path("clip_range", root))
+    png = _plot_or_none(plot_ablation, groups, artifacts.ablation_plot_path("clip_range", root))
     console.print(f"ablation: {out}\nplot: {png}")
     return 1 if any_failed else 0
 
@@ -263,7 +276,7 @@ def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequen
     _print_settings(f"sweep {name}", settings)
     groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]  # type: ignore[union-attr]
               for s in settings}
-    png = plot_ablation(groups, artifacts.sweep_plot_path(name, root))
+    png = _plot_or_none(plot_ablation, groups, artifacts.sweep_plot_path(name, root))
     console.print(f"sweep: {out}\nplot: {png}")
     return 1 if any_failed else 0
 

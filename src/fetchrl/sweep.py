@@ -21,10 +21,12 @@ the worker, on every attempt, before training. The Ray backend forwards it to it
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 import math
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -118,11 +120,11 @@ def is_complete(trial: Trial) -> bool:
 
 
 def run_trial(trial: Trial, progress: bool = False) -> None:
-    """Train and evaluate one trial (in whatever process calls it)."""
+    """Train (or resume an interrupted run) and evaluate one trial, in whatever process calls it."""
     from fetchrl.evaluate import evaluate
-    from fetchrl.train import train
+    from fetchrl.train import train_or_resume
 
-    train(trial.config, trial.paths, progress=progress)
+    train_or_resume(trial.config, trial.paths, progress=progress)
     evaluate(trial.paths, trial.eval_config, device=trial.config.device, fast=trial.config.fast_env, progress=False)
 
 
@@ -132,6 +134,28 @@ def _worker_init(torch_threads: int) -> None:
 
     torch.set_num_threads(torch_threads)
     os.environ[ENV_THREADS_VAR] = str(torch_threads)
+
+
+def _local_worker_init(torch_threads: int) -> None:
+    """A local worker: thread limits, its own process group, and it stops when its driver dies.
+
+    Own process group: a terminal's Ctrl-C reaches only the driver, which forwards it exactly once
+    (a worker that got it twice would take the second as "quit now" and skip saving). A driver
+    killed with SIGKILL cannot forward anything, so each worker watches its parent and sends itself
+    SIGTERM — training then stops and saves an incomplete, resumable checkpoint.
+    """
+    import threading
+
+    _worker_init(torch_threads)
+    os.setpgrp()
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch_parent, name="fetchrl-parent-watch", daemon=True).start()
 
 
 def _injected_failure(trial: Trial) -> None:
@@ -265,13 +289,16 @@ class TrialLedger:
         self.attempts[i] += 1
         self.progress.update(started=1)
 
-    def settle(self, i: int, ok: bool, error: str, seconds: float) -> bool:
-        """Book one attempt's result; True means "retry it" (the first failure of a trial)."""
+    def settle(self, i: int, ok: bool, error: str, seconds: float, *, retry: bool = True) -> bool:
+        """Book one attempt's result; True means "retry it" (the first failure of a trial).
+
+        ``retry=False`` (the sweep is being interrupted) settles a failure for good.
+        """
         from rich.markup import escape
 
         name, why = escape(self.trials[i].name), escape(error)
         self.seconds[i] += seconds
-        if not ok and self.attempts[i] < MAX_ATTEMPTS:
+        if not ok and retry and self.attempts[i] < MAX_ATTEMPTS:
             self.progress.update(retried=1)
             self.progress.log(f"[yellow]trial {name} failed ({why}); retrying once[/]")
             return True
@@ -298,11 +325,45 @@ def _local_result(fut: Any) -> tuple[bool, str, float]:
         return False, f"worker died: {type(exc).__name__}: {exc}", 0.0
 
 
+class _SignalForwarder:
+    """Driver side of Ctrl-C / SIGTERM: remember the signal and pass it on to every live worker.
+
+    Workers run in their own process groups (see :func:`_local_worker_init`), so this is the only
+    way they hear of it: each then saves an incomplete checkpoint, and the driver stops submitting.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.pools: list[Any] = []
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for pool in list(self.pools):
+            for pid in list(getattr(pool, "_processes", None) or {}):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+    def __enter__(self) -> _SignalForwarder:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def _local_runner(trials: Sequence[Trial], workers: int, progress: SweepProgress) -> list[TrialOutcome]:
     """At most ``workers`` trials at a time, each attempt in its own fresh spawn worker process."""
     import multiprocessing as mp
     from collections import deque
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    from fetchrl.train import SIGNAL_EXIT_CODES, TrainingInterrupted
 
     # spawn: a fresh interpreter per worker; forking a process that already runs torch threads is unsafe.
     ctx = mp.get_context("spawn")
@@ -310,25 +371,35 @@ def _local_runner(trials: Sequence[Trial], workers: int, progress: SweepProgress
     ledger = TrialLedger(trials, progress)
     queue = deque(range(len(trials)))
     running: dict[Future[tuple[bool, str, float]], tuple[int, ProcessPoolExecutor]] = {}
-    try:
-        while queue or running:
-            while queue and len(running) < workers:
-                i = queue.popleft()
-                # One single-use pool per attempt: a crash breaks only this pool, so it is charged
-                # to this trial alone (a shared pool would fail every trial in flight).
-                pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init,
-                                           initargs=(threads,))
-                ledger.start(i)
-                running[pool.submit(_run_trial_in_worker, trials[i])] = (i, pool)
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                i, pool = running.pop(fut)
-                pool.shutdown(wait=True)
-                if ledger.settle(i, *_local_result(fut)):
-                    queue.append(i)
-    finally:  # Ctrl-C: the workers got SIGINT too; train() saves their checkpoints as incomplete
-        for _, pool in running.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+    with _SignalForwarder() as stop:
+        try:
+            while running or (queue and stop.signum is None):
+                while queue and stop.signum is None and len(running) < workers:
+                    i = queue.popleft()
+                    # One single-use pool per attempt: a crash breaks only this pool, so it is charged
+                    # to this trial alone (a shared pool would fail every trial in flight).
+                    pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_local_worker_init,
+                                               initargs=(threads,))
+                    stop.pools.append(pool)
+                    ledger.start(i)
+                    running[pool.submit(_run_trial_in_worker, trials[i])] = (i, pool)
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i, pool = running.pop(fut)
+                    pool.shutdown(wait=True)
+                    stop.pools.remove(pool)
+                    if ledger.settle(i, *_local_result(fut), retry=stop.signum is None):
+                        queue.append(i)
+        finally:
+            for _, pool in running.values():
+                pool.shutdown(wait=True, cancel_futures=True)
+    if stop.signum is not None:
+        sig = signal.Signals(stop.signum)
+        raise TrainingInterrupted(
+            f"sweep stopped by {sig.name}: interrupted trials saved incomplete checkpoints; "
+            "run the same command again to resume (finished trials are skipped)",
+            exit_code=SIGNAL_EXIT_CODES[sig],
+        )
     return ledger.outcomes()
 
 

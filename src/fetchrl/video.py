@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -50,14 +49,6 @@ _GREEN = (60, 220, 90, 255)
 _WHITE = (245, 245, 245, 255)
 _GREY = (190, 190, 190, 255)
 _PANEL = (0, 0, 0, 165)
-
-#: The one-line fix for a render failure, by MUJOCO_GL backend (Debian/Ubuntu package names).
-_EGL_PACKAGES = "libegl1 libopengl0 libgl1-mesa-dri"
-_GL_FIXES = {
-    "egl": f"apt-get install {_EGL_PACKAGES} (Mesa renders on the CPU), or MUJOCO_GL=osmesa with libosmesa6",
-    "osmesa": f"apt-get install libosmesa6, or MUJOCO_GL=egl with {_EGL_PACKAGES}",
-    "glfw": f"a glfw window needs a display; without one set MUJOCO_GL=egl (apt-get install {_EGL_PACKAGES})",
-}
 
 Obs = dict[str, np.ndarray]
 
@@ -172,30 +163,6 @@ def _quiet_unraisable() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def _render_error(problem: str) -> FetchRLError:
-    backend = os.environ.get("MUJOCO_GL", "")
-    fix = _GL_FIXES.get(backend.lower().strip(), f"set MUJOCO_GL=egl and apt-get install {_EGL_PACKAGES}")
-    message = f"offscreen rendering failed with MUJOCO_GL={backend or '<unset>'} ({problem}); fix: {fix}"
-    return FetchRLError(message, exit_code=1)
-
-
-def _describe(err: BaseException) -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {first}"[:200]
-
-
-def _import_gl() -> None:
-    """Import MuJoCo with the render backend chosen; a missing GL library becomes a FetchRLError."""
-    envs.ensure_render_backend()
-    problem = None
-    try:
-        import mujoco  # noqa: F401  (imports the GL backend named by MUJOCO_GL)
-    except Exception as err:  # a missing libEGL/libOSMesa surfaces as ImportError, AttributeError...
-        problem = _describe(err)
-    if problem is not None:
-        raise _render_error(problem)
-
-
 def _try_render(env_id: str, width: int, height: int) -> tuple[Any, Any, str | None]:
     """(env, first frame, None) or (None, None, what went wrong); a failed env is closed and collected."""
     env: Any = None
@@ -215,7 +182,7 @@ def _try_render(env_id: str, width: int, height: int) -> tuple[Any, Any, str | N
         except FetchRLError:
             raise
         except Exception as err:  # MuJoCo / PyOpenGL raise many types when no GL context can be made
-            problem = _describe(err)
+            problem = envs.describe_error(err)
         if problem is None and not (isinstance(frame, np.ndarray) and frame.ndim == 3):
             problem = f"render() returned {type(frame).__name__}, not an RGB array"
         if problem is not None:
@@ -231,7 +198,7 @@ def _open_env(env_id: str, width: int, height: int) -> tuple[Any, np.ndarray]:
     """A rendering env (frames width x height when supported) and a first test frame."""
     env, frame, problem = _try_render(env_id, width, height)
     if problem is not None:
-        raise _render_error(problem)
+        raise envs.render_backend_error(problem)
     return env, frame
 
 
@@ -374,7 +341,8 @@ def record_video(paths: RunPaths, *, episodes: int = 5, device: str = "cpu", fps
     _check_args(episodes, fps, width, height, seed_offset)
     offset = EvalConfig().seed_offset if seed_offset is None else seed_offset
     seeds = EvalConfig(n_episodes=episodes, seed_offset=offset).episode_seeds
-    _import_gl()
+    envs.ensure_render_backend()
+    envs.import_mujoco()
     model = load_model(paths, device=device)
     env, _ = _open_env(paths.env_id, width, height)
     try:
