@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-full clean
 
 # pip (not uv/poetry): only pip sees the CPU torch wheel that lies on disk.
 $(STAMP): pyproject.toml constraints.txt
@@ -25,6 +25,9 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 bench: $(STAMP)
+	$(PY) bench/bench_speed.py --quick
+
+bench-full: $(STAMP)
 	$(PY) bench/bench_speed.py
 
 clean:

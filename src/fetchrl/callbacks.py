@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -62,23 +61,3 @@ class StopFlagCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         return not self.should_stop()
-
-
-class WallClockCallback(BaseCallback):
-    """Measures training wall time (excluding set-up and saving)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds = 0.0
-        self._t0 = 0.0
-        self.start_timesteps = 0
-
-    def _on_training_start(self) -> None:
-        self._t0 = time.perf_counter()
-        self.start_timesteps = self.model.num_timesteps
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_training_end(self) -> None:
-        self.seconds = time.perf_counter() - self._t0

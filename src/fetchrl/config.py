@@ -7,7 +7,7 @@ Defaults are the chapter's table in section 2.3 (and SB3's defaults where the ch
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fetchrl.errors import FetchRLError
@@ -75,8 +75,6 @@ class TrainConfig:
     """Force deterministic torch kernels (CPU results are already repeatable; this costs little)."""
     fast_env: bool = True
     """Use fetchrl's bit-compatible fast FetchReach step where available (False: Gymnasium-Robotics' own)."""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    """Free-form notes carried into the metadata (never used for training)."""
 
     def __post_init__(self) -> None:
         self.validate()
