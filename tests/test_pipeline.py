@@ -140,7 +140,7 @@ def test_report_exit_code_follows_the_three_criteria(tmp_path: Path, successes: 
 
 
 def test_zero_action_baseline_passes_the_return_criterion_alone() -> None:
-    """The chapter's return criterion does not discriminate: a motionless arm scores ~-7.4."""
+    """The chapter's return criterion does not discriminate: a motionless arm scores about -7."""
     from fetchrl.evaluate import baseline_results
     from fetchrl.report import check_criteria
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -30,7 +31,8 @@ class ProgressCallback(BaseCallback):
             unit_scale=True,
             dynamic_ncols=True,
             disable=self.disable,
-            mininterval=0.5,
+            # A log file (CI, nohup) gets a line every 30 s, not thousands of carriage-return updates.
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
         )
 
     def _on_step(self) -> bool:

@@ -311,8 +311,6 @@ def _preflight(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "no_progress", False) or not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_MININTERVAL", "5")
     try:
         _preflight(args)
         return int(args.handler(args))

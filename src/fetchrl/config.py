@@ -86,6 +86,11 @@ class TrainConfig:
         return self.n_steps * self.n_envs
 
     @property
+    def steps_in_whole_rollouts(self) -> int:
+        """Steps SB3 really trains: total_steps rounded up to whole rollouts (500,000 -> 507,904)."""
+        return -(-self.total_steps // self.rollout_size) * self.rollout_size
+
+    @property
     def hyperparameters(self) -> dict[str, Any]:
         """All learning hyper-parameters, as written into the metadata JSON."""
         return {name: getattr(self, name) for name in HYPERPARAMETER_NAMES}

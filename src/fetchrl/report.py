@@ -28,7 +28,7 @@ CHAPTER_CRITERIA = Criteria()
 BASELINE_NOTE = (
     "The random and zero-action columns are scored on the same episode seeds as the trained policy. "
     "A criterion they pass does not, on its own, show that anything was learned: a motionless arm "
-    "already scores a mean return near -7.4 on FetchReachDense, above the -10 threshold. "
+    "already scores a mean return of about -7 on FetchReachDense, above the -10 threshold. "
     "Success rate and final distance are the criteria that separate a trained policy from these baselines."
 )
 

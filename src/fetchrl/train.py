@@ -268,7 +268,7 @@ def _train(config: TrainConfig, paths: RunPaths, stop: StopRequest, *, progress:
         write = _CheckpointWriter(config, paths, model)
         snapshots = RolloutSnapshots(write, every=checkpoint_every, wall_offset=prior_wall)
         callbacks = [snapshots, StopFlagCallback(stop),
-                     ProgressCallback(config.total_steps, f"train seed {config.seed}", start=model.num_timesteps,
+                     ProgressCallback(config.steps_in_whole_rollouts, f"train seed {config.seed}", start=model.num_timesteps,
                                       disable=not progress)]
         if state is not None:  # last, right before learn: nothing else may draw from the generators
             restore_logger(model.logger, state.logger)
