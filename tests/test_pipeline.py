@@ -205,3 +205,19 @@ def test_script_is_a_thin_wrapper_that_reports_bad_input_in_one_line(tmp_path: P
 def test_meta_round_trips_through_its_dataclass(tiny_run: RunPaths) -> None:
     meta = TrainMeta.from_json(tiny_run.meta)
     assert meta.env_id == "FetchReachDense-v4" and meta.num_timesteps == TINY.total_steps
+
+
+def test_ablate_runs_exercise_2_4_in_one_command(tmp_path: Path) -> None:
+    args = ["ablate", "--clip-ranges", "0.1", "0.4", "--seeds", "1", "--workers", "2", "--root", str(tmp_path),
+            "--no-progress", "--total-steps", "2048", "--n-envs", "2", "--n-steps", "256", "--batch-size", "64",
+            "--n-eval-episodes", "2"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "results" / "ch02_ablation_clip_range.json").read_text())
+    assert [s["overrides"]["clip_range"] for s in summary["settings"]] == [0.1, 0.4]
+    assert set(summary["answers"]) == {"final_performance", "stability", "clip_fraction"}
+    cf = [s["training"]["clip_fraction_mean"] for s in summary["settings"]]
+    assert cf[0] > cf[1]  # a tighter clip range clips more of the same-sized updates
+    for s in summary["settings"]:
+        per_seed = EvalResult.from_json(RunPaths("FetchReachDense-v4", 0, Path(s["root"])).eval_json).aggregate
+        assert s["aggregate"]["aggregate"]["success_rate_mean"] == pytest.approx(per_seed["success_rate"])
+    assert (tmp_path / "results" / "ch02_ablation_clip_range.png").stat().st_size > 10_000
