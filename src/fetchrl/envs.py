@@ -128,11 +128,9 @@ def validate_env_id(env_id: str) -> None:
 
 def fast_env_available(env_id: str) -> bool:
     """True when fetchrl ships a bit-compatible fast implementation of ``env_id``."""
-    try:
-        from fetchrl import fastenv
-    except ImportError:
-        return False
-    return env_id in getattr(fastenv, "FAST_ENV_IDS", ())
+    from fetchrl import fastenv
+
+    return env_id in fastenv.FAST_ENV_IDS
 
 
 def make_env(env_id: str, *, render_mode: str | None = None, fast: bool = False, **kwargs: Any) -> Any:
@@ -157,7 +155,7 @@ def make_env(env_id: str, *, render_mode: str | None = None, fast: bool = False,
         return gym.make(env_id, render_mode=render_mode, **kwargs)
 
 
-def make_vec_env(env_id: str, n_envs: int, *, seed: int, fast: bool = False, monitor_dir: str | None = None) -> Any:
+def make_vec_env(env_id: str, n_envs: int, *, seed: int, fast: bool = False) -> Any:
     """SB3 VecEnv of ``n_envs`` Monitor-wrapped envs seeded ``seed .. seed + n_envs - 1``.
 
     With ``fast=True`` and a fast implementation available, the vector env steps the simulators
@@ -170,16 +168,8 @@ def make_vec_env(env_id: str, n_envs: int, *, seed: int, fast: bool = False, mon
     if fast and fast_env_available(env_id):
         from fetchrl import fastenv
 
-        make_fast_vec = getattr(fastenv, "make_vec_env", None)
-        if make_fast_vec is not None:
-            return make_fast_vec(env_id, n_envs, seed=seed)
-    return sb3_make_vec_env(
-        lambda: make_env(env_id, fast=fast),
-        n_envs=n_envs,
-        seed=seed,
-        vec_env_cls=DummyVecEnv,
-        monitor_dir=monitor_dir,
-    )
+        return fastenv.make_vec_env(env_id, n_envs, seed=seed)
+    return sb3_make_vec_env(lambda: make_env(env_id), n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
 
 
 def goal_distance(obs: dict[str, Any]) -> float:
