@@ -121,16 +121,19 @@ def _probe_spaces(env_id: str) -> tuple[Any, Any]:
 
 
 def load_model(paths: RunPaths, env: Any = None, *, device: str = "cpu", expected_env_id: str | None = None,
-               force_reset: bool = True, **overrides: Any) -> Any:
+               force_reset: bool = True, model_class: Any = None, **overrides: Any) -> Any:
     """Load ``paths.checkpoint`` with ``PPO.load``; FetchRLError names the file on any problem.
 
     Args:
         env: the VecEnv to continue training in (None: predict only; spaces are checked on a probe env).
         expected_env_id: the env id the caller needs (default ``paths.env_id``).
         force_reset: SB3's flag; False keeps the saved ``_last_obs`` (bit-exact resume).
+        model_class: the PPO class to load into (default SB3's; ``fetchrl.fastppo.FastPPO`` to train on).
         overrides: attributes set before SB3 rebuilds the model (e.g. hyper-parameters on ``--force``).
     """
     from stable_baselines3 import PPO
+
+    model_class = model_class or PPO
 
     ckpt = paths.checkpoint
     env_id = expected_env_id or paths.env_id
@@ -138,7 +141,7 @@ def load_model(paths: RunPaths, env: Any = None, *, device: str = "cpu", expecte
     spaces = (env.observation_space, env.action_space) if env is not None else _probe_spaces(env_id)
     _check_identity(checkpoint_meta(paths), ckpt, env_id, spaces)
     try:
-        model = PPO.load(ckpt, env=env, device=device, force_reset=force_reset, **overrides)
+        model = model_class.load(ckpt, env=env, device=device, force_reset=force_reset, **overrides)
     except (zipfile.BadZipFile, EOFError, KeyError, RuntimeError, ValueError, OSError, AssertionError) as err:
         raise FetchRLError(f"checkpoint {ckpt} cannot be loaded ({type(err).__name__}: {err}); retrain it") from None
     if model.observation_space != spaces[0] or model.action_space != spaces[1]:
@@ -199,7 +202,8 @@ def check_resumable(config: TrainConfig, paths: RunPaths, *,
     return meta, problems, embedded_state(ckpt)
 
 
-def load_for_resume(config: TrainConfig, paths: RunPaths, env: Any, *, force: bool = False) -> Resumed:
+def load_for_resume(config: TrainConfig, paths: RunPaths, env: Any, *, force: bool = False,
+                    model_class: Any = None) -> Resumed:
     """Load the latest checkpoint of ``config.seed`` to continue it, refusing a mismatched one.
 
     Environment state is restored into ``env`` here (before SB3 sees it); RNG states are left to
@@ -219,7 +223,7 @@ def load_for_resume(config: TrainConfig, paths: RunPaths, env: Any, *, force: bo
     if problems:
         inexact = inexact or "resumed with --force despite: " + "; ".join(problems)
     model = load_model(paths, env=env, device=config.device, expected_env_id=config.env_id,
-                       force_reset=not env_restored, **config.ppo_kwargs())
+                       force_reset=not env_restored, model_class=model_class, **config.ppo_kwargs())
     if state is not None:
         resume.restore_sb3(model, state.sb3, with_env=env_restored)
     return Resumed(model, meta, state, inexact)

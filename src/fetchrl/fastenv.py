@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import itertools
 import queue
 import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -195,10 +196,10 @@ def default_n_threads() -> int:
 
 
 class _Worker:
-    """A daemon thread that steps one contiguous chunk of environments on request."""
+    """A daemon thread that runs ``run()`` on request and replies with the exception it raised, if any."""
 
-    def __init__(self, run: Callable[[range], None], chunk: range, name: str) -> None:
-        self.run, self.chunk = run, chunk
+    def __init__(self, run: Callable[[], None], name: str) -> None:
+        self.run = run
         self.requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self.replies: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -207,7 +208,7 @@ class _Worker:
     def _loop(self) -> None:
         while self.requests.get():
             try:
-                self.run(self.chunk)
+                self.run()
             except BaseException as err:  # re-raised in the caller's thread
                 self.replies.put(err)
             else:
@@ -233,7 +234,7 @@ class ThreadedVecEnv(VecEnv):
 
     Args:
         env_fns: thunks creating *unwrapped* envs (no TimeLimit, no Monitor).
-        n_threads: stepping threads, the calling thread included (1 = sequential).
+        n_threads: stepping threads, the calling thread included (1 = sequential, no extra thread).
         max_episode_steps: truncation length (50 for every Fetch task).
     """
 
@@ -257,15 +258,15 @@ class ThreadedVecEnv(VecEnv):
         self._elapsed = [0] * n
         self._ep_return = [0.0] * n
         self._t_start = [time.time()] * n  # Monitor's t_start: the wrapper's creation time
-        n_threads = max(1, min(n_threads or default_n_threads(), n))
-        bounds = np.linspace(0, n, n_threads + 1).round().astype(int)
-        self._chunks = [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        self._workers = [_Worker(self._step_chunk, c, f"fetchrl-env-{k}") for k, c in enumerate(self._chunks[1:], 1)]
+        self._n_threads = max(1, min(n_threads or default_n_threads(), n))
+        self._workers = [_Worker(self._step_shared, f"fetchrl-env-{k}") for k in range(1, self._n_threads)]
+        self._next_env: Iterator[int] = iter(())
+        self._in_flight = False
         self._closed = False
 
     @property
     def n_threads(self) -> int:
-        return len(self._chunks)
+        return self._n_threads
 
     # ------------------------------------------------------------------ stepping
     def _save_obs(self, i: int, obs: Obs) -> None:
@@ -278,35 +279,60 @@ class ThreadedVecEnv(VecEnv):
         self._ep_return[i] = 0.0
         return obs
 
-    def _step_chunk(self, chunk: range) -> None:
-        """Step envs ``chunk`` with ``self.actions`` [n_envs, act_dim]; write rows of the buffers."""
-        for i in chunk:
-            obs, reward, terminated, truncated, info = self.envs[i].step(self.actions[i])
-            self._elapsed[i] += 1
-            truncated = truncated or self._elapsed[i] >= self.max_episode_steps  # TimeLimit
-            self._ep_return[i] += float(reward)  # Monitor: sum of float(reward), left to right
-            self.buf_rews[i] = reward
-            done = terminated or truncated
-            if done:
-                info["episode"] = {"r": round(self._ep_return[i], 6), "l": self._elapsed[i],
-                                   "t": round(time.time() - self._t_start[i], 6)}
-            self.buf_dones[i] = done
-            info["TimeLimit.truncated"] = truncated and not terminated
-            if done:
-                info["terminal_observation"] = obs
-                obs = self._reset_env(i)
-            self._save_obs(i, obs)
-            self.buf_infos[i] = info
+    def _step_shared(self) -> None:
+        """Step envs taken one at a time from this step's shared counter until none is left.
+
+        Each thread, the caller's included, pulls the next index (``next`` on a count is atomic under
+        the GIL), so the threads balance themselves: the caller joins in once it has done whatever
+        it did between ``step_async`` and ``step_wait``. Which thread steps which env changes nothing:
+        envs share no state, and each writes only its own row of the buffers.
+        """
+        n = self.num_envs
+        for i in self._next_env:
+            if i >= n:
+                return
+            self._step_env(i)
+
+    def _step_env(self, i: int) -> None:
+        """Step env ``i`` with ``self.actions[i]``; write row ``i`` of the buffers."""
+        obs, reward, terminated, truncated, info = self.envs[i].step(self.actions[i])
+        self._elapsed[i] += 1
+        truncated = truncated or self._elapsed[i] >= self.max_episode_steps  # TimeLimit
+        self._ep_return[i] += float(reward)  # Monitor: sum of float(reward), left to right
+        self.buf_rews[i] = reward
+        done = terminated or truncated
+        if done:
+            info["episode"] = {"r": round(self._ep_return[i], 6), "l": self._elapsed[i],
+                               "t": round(time.time() - self._t_start[i], 6)}
+        self.buf_dones[i] = done
+        info["TimeLimit.truncated"] = truncated and not terminated
+        if done:
+            info["terminal_observation"] = obs
+            obs = self._reset_env(i)
+        self._save_obs(i, obs)
+        self.buf_infos[i] = info
 
     def step_async(self, actions: np.ndarray) -> None:
-        self.actions = actions
+        """Start stepping in the worker threads and return at once; ``step_wait`` joins in and collects.
 
-    def step_wait(self) -> VecEnvStepReturn:
+        ``fetchrl.fastppo.FastPPO`` does the previous step's bookkeeping in between, while the
+        workers already run the physics.
+        """
+        if self._in_flight:
+            raise RuntimeError("step_async called twice without step_wait")
+        self.actions = actions
+        self._next_env = itertools.count()
         for w in self._workers:
             w.requests.put(True)
+        self._in_flight = True
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if not self._in_flight:
+            raise RuntimeError("step_wait called without step_async")
+        self._in_flight = False
         error: BaseException | None = None
         try:
-            self._step_chunk(self._chunks[0])
+            self._step_shared()
         except BaseException as err:
             error = err
         for w in self._workers:  # always collect every reply, so no worker is left mid-step
@@ -316,7 +342,14 @@ class ThreadedVecEnv(VecEnv):
             raise error
         return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), list(self.buf_infos)
 
+    def _finish_step(self) -> None:
+        """Wait for a step still running (before reset/close/state access touch the envs)."""
+        if self._in_flight:
+            with contextlib.suppress(Exception):
+                self.step_wait()
+
     def reset(self) -> VecEnvObs:
+        self._finish_step()
         for i in range(self.num_envs):
             maybe_options = {"options": self._options[i]} if self._options[i] else {}
             self._save_obs(i, self._reset_env(i, seed=self._seeds[i], **maybe_options))
@@ -331,6 +364,7 @@ class ThreadedVecEnv(VecEnv):
         if self._closed:
             return
         self._closed = True
+        self._finish_step()
         for w in self._workers:
             w.stop()
         for env in self.envs:
@@ -340,6 +374,7 @@ class ThreadedVecEnv(VecEnv):
     def get_state(self) -> list[dict[str, Any]]:
         """Picklable copies of everything that decides the next steps, per env: MuJoCo's integration
         state, the goal, the env's and action space's RNG states and the TimeLimit/Monitor counters."""
+        self._finish_step()
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         states = []
         for i, env in enumerate(self.envs):
@@ -356,6 +391,7 @@ class ThreadedVecEnv(VecEnv):
         """Inverse of :meth:`get_state` on a VecEnv built with the same id and ``n_envs``."""
         if len(states) != self.num_envs:
             raise ValueError(f"state of {len(states)} envs given to a VecEnv of {self.num_envs}")
+        self._finish_step()
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         for i, (env, st) in enumerate(zip(self.envs, states, strict=True)):
             base: Any = env.unwrapped

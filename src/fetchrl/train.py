@@ -94,6 +94,23 @@ def _torch_determinism(config: TrainConfig) -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
+def fast_path(config: TrainConfig) -> bool:
+    """True when this run trains on fetchrl's fast path (fast env, threaded VecEnv, FastPPO)."""
+    return config.fast_env and envs.fast_env_available(config.env_id)
+
+
+def model_class(config: TrainConfig) -> Any:
+    """``fetchrl.fastppo.FastPPO`` on the fast path (SB3's PPO, same numbers, less Python per step);
+    SB3's ``PPO`` itself with ``--reference-env``, so that path stays plain SB3."""
+    if fast_path(config):
+        from fetchrl.fastppo import FastPPO
+
+        return FastPPO
+    from stable_baselines3 import PPO
+
+    return PPO
+
+
 @contextlib.contextmanager
 def _torch_threads(config: TrainConfig) -> Iterator[None]:
     """On the fast path torch gets one thread (restored afterwards): the env threads need the cores.
@@ -102,7 +119,7 @@ def _torch_threads(config: TrainConfig) -> Iterator[None]:
     second torch thread slows the threaded rollout by half. The reference path keeps torch's default,
     so ``--reference-env`` stays plain SB3.
     """
-    if not (config.fast_env and envs.fast_env_available(config.env_id)):
+    if not fast_path(config):
         yield
         return
     from fetchrl import fastenv
@@ -115,9 +132,7 @@ def _torch_threads(config: TrainConfig) -> Iterator[None]:
 
 
 def _new_model(config: TrainConfig, env: Any) -> Any:
-    from stable_baselines3 import PPO
-
-    return PPO(
+    return model_class(config)(
         config.policy,
         env,
         seed=config.seed,
@@ -246,7 +261,7 @@ def _model_for(config: TrainConfig, paths: RunPaths, env: Any, *, resume: bool,
     from fetchrl.checkpoints import load_for_resume
     from fetchrl.resume import after_existing_event_files, truncate_event_files
 
-    resumed = load_for_resume(config, paths, env, force=force)
+    resumed = load_for_resume(config, paths, env, force=force, model_class=model_class(config))
     if resumed.inexact:
         _warn(f"resuming {paths.checkpoint} from step {resumed.model.num_timesteps}, not bit-exact: "
               f"{resumed.inexact}")

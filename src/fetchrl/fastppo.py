@@ -1,0 +1,385 @@
+"""SB3's PPO with less Python per step and per minibatch — the same numbers, bit for bit.
+
+:class:`FastPPO` is ``stable_baselines3.PPO`` with two methods rewritten for speed on a small CPU:
+
+- :meth:`FastPPO.collect_rollouts` computes the policy with ``F.linear`` on the policy's own
+  parameters (no module calls, no distribution validation) and **overlaps** the bookkeeping of step
+  ``t`` (callbacks, episode buffers, time-limit bootstrapping, rollout-buffer writes) with the
+  physics of step ``t + 1``: it calls ``env.step_async`` for ``t + 1`` before finishing ``t``.
+  :class:`fetchrl.fastenv.ThreadedVecEnv` steps in background threads, so the two run at once;
+  on any other VecEnv the order is merely different, never the result.
+- :meth:`FastPPO.train` flattens the rollout buffer into tensors once per update instead of once
+  per minibatch, and evaluates actions with the same ``F.linear`` path.
+
+Every tensor operation is SB3's, in SB3's order, on the same shapes — a batch-size change alone
+alters float32 matmul results here (MKL picks another kernel), so none is made — and every random
+number is drawn from the same generator in the same order (torch's for the action noise, NumPy's
+global one for the minibatch permutation). ``tests/test_fastppo.py`` checks that the rollout buffer,
+the logged ``train/*`` values and the policy and optimiser state after several updates are
+``torch.equal`` to SB3's PPO on the same seed.
+
+The lean path covers the policy the chapter uses (``MultiInputPolicy``/``MlpPolicy``: flatten
+extractor shared by actor and critic, MLP with Tanh or ReLU, diagonal Gaussian, no gSDE, no
+squashing, float observations). For anything else, and on GPU, FastPPO *is* SB3's PPO: it calls
+the parent methods. Checkpoints are ordinary SB3 PPO zips (``PPO.load`` reads them).
+
+One observable difference: while a callback's ``on_step`` runs for step ``t``, the environments
+may already be stepping ``t + 1``. A callback that stops training discards that step; a callback
+that draws from torch's global generator in ``on_step`` would change the noise order (none of
+fetchrl's or SB3's do).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import DiagGaussianDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor
+from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
+from torch.distributions import Normal
+
+_ACTIVATIONS: dict[type[nn.Module], Any] = {nn.Tanh: th.tanh, nn.ReLU: F.relu}
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # torch.distributions.Normal.log_prob's constant
+
+
+@dataclass(frozen=True)
+class LeanPolicy:
+    """Views of an ``ActorCriticPolicy``'s parameters, and its forward passes written with ``F.linear``.
+
+    Holds references to the live ``nn.Parameter`` objects (the optimiser updates them in place), so
+    one instance stays valid while the policy trains. Shapes: ``B`` rows, ``F`` features (all
+    observation keys flattened and concatenated), ``A`` action dimensions.
+    """
+
+    keys: tuple[str, ...] | None
+    """Observation keys in the extractor's concatenation order; None for a plain Box observation."""
+    pi: tuple[tuple[th.Tensor, th.Tensor], ...]
+    vf: tuple[tuple[th.Tensor, th.Tensor], ...]
+    activation: Any
+    action_net: tuple[th.Tensor, th.Tensor]
+    value_net: tuple[th.Tensor, th.Tensor]
+    log_std: th.Tensor
+
+    @classmethod
+    def of(cls, policy: Any) -> LeanPolicy | None:
+        """The lean view of ``policy``, or None when it is outside what this module reproduces."""
+        if not isinstance(policy, ActorCriticPolicy) or policy.device.type != "cpu":
+            return None
+        if (not policy.share_features_extractor or policy.use_sde or policy.squash_output
+                or not isinstance(policy.action_dist, DiagGaussianDistribution)
+                or not isinstance(policy.action_space, spaces.Box)):
+            return None
+        supported, keys = _flatten_keys(policy.features_extractor, policy.observation_space)
+        if not supported:
+            return None
+        pi = _mlp_layers(policy.mlp_extractor.policy_net)
+        vf = _mlp_layers(policy.mlp_extractor.value_net)
+        if pi is None or vf is None:
+            return None
+        activations = {a for a in (pi[1], vf[1]) if a is not None}  # None: an empty net_arch list
+        if len(activations) > 1:
+            return None
+        activation = activations.pop() if activations else th.tanh
+        if not (isinstance(policy.action_net, nn.Linear) and isinstance(policy.value_net, nn.Linear)):
+            return None
+        return cls(keys=keys, pi=pi[0], vf=vf[0], activation=activation,
+                   action_net=(policy.action_net.weight, policy.action_net.bias),
+                   value_net=(policy.value_net.weight, policy.value_net.bias), log_std=policy.log_std)
+
+    # ------------------------------------------------------------------ pieces
+    def features(self, obs: Any, batch: bool = True) -> th.Tensor:
+        """[B, F] float32: SB3's ``obs_as_tensor`` + ``preprocess_obs`` (``.float()``) + flatten + cat.
+
+        ``obs``: NumPy arrays (a dict of them for a Dict space) with a leading batch axis, or one
+        observation without it (``batch=False``, as SB3's ``obs_to_tensor`` reshapes it). Casting
+        to float32 before or after the concatenation rounds each element the same way, so one NumPy
+        call replaces SB3's three tensor ops per key.
+        """
+        if self.keys is None:
+            x = np.asarray(obs)
+            return th.from_numpy(x.reshape(len(x) if batch else 1, -1).astype(np.float32))
+        parts = [np.asarray(obs[k]) for k in self.keys]
+        rows = len(parts[0]) if batch else 1
+        return th.from_numpy(np.concatenate([p.reshape(rows, -1) for p in parts], axis=1, dtype=np.float32))
+
+    def _mlp(self, x: th.Tensor, layers: tuple[tuple[th.Tensor, th.Tensor], ...]) -> th.Tensor:
+        for w, b in layers:
+            x = self.activation(F.linear(x, w, b))
+        return x
+
+    def latents(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """``MlpExtractor.forward``: (latent_pi, latent_vf), actor first."""
+        return self._mlp(features, self.pi), self._mlp(features, self.vf)
+
+    def mean_std(self, latent_pi: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """``DiagGaussianDistribution.proba_distribution``'s mean [B, A] and std [B, A]."""
+        mean_actions = F.linear(latent_pi, *self.action_net)
+        return mean_actions, th.ones_like(mean_actions) * self.log_std.exp()
+
+    def values(self, latent_vf: th.Tensor) -> th.Tensor:
+        """[B, 1]: ``policy.value_net``."""
+        return F.linear(latent_vf, *self.value_net)
+
+    @staticmethod
+    def check(mean: th.Tensor, std: th.Tensor) -> None:
+        """Raise torch's own ``ValueError`` (what SB3 users see when training diverges) if ``Normal``
+        would refuse these parameters: NaN mean or non-positive std."""
+        Normal(mean, std, validate_args=True)
+
+    # ------------------------------------------------------------------ SB3 entry points
+    def forward(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``ActorCriticPolicy.forward(obs)`` with sampling, under ``no_grad``: actions [B, A],
+        values [B, 1], log_prob [B]. ``Normal.rsample`` and ``Normal.log_prob`` written out, op for op.
+
+        Parameters are not validated here (torch's checks cost several ops per call): the caller
+        checks the std once per rollout and the sampled actions for NaN, which a NaN mean causes.
+        """
+        latent_pi, latent_vf = self.latents(features)
+        values = self.values(latent_vf)
+        mean, std = self.mean_std(latent_pi)
+        eps = th.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_()  # _standard_normal
+        actions = mean + eps * std
+        var = std**2
+        log_prob = -((actions - mean) ** 2) / (2 * var) - std.log() - _LOG_SQRT_2PI
+        return actions, values, log_prob.sum(dim=1)
+
+    def predict_values(self, features: th.Tensor) -> th.Tensor:
+        """``ActorCriticPolicy.predict_values``: [B, 1]."""
+        return self.values(self._mlp(features, self.vf))
+
+    def evaluate_actions(self, features: th.Tensor,
+                         actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor, Normal]:
+        """``ActorCriticPolicy.evaluate_actions``: values [B, 1], log_prob [B], entropy [B], and the
+        (unvalidated) distribution. SB3's op order, so autograd accumulates gradients in its order."""
+        latent_pi, latent_vf = self.latents(features)
+        dist = Normal(*self.mean_std(latent_pi), validate_args=False)
+        log_prob = dist.log_prob(actions).sum(dim=1)
+        values = self.values(latent_vf)
+        entropy = dist.entropy().sum(dim=1)
+        return values, log_prob, entropy, dist
+
+
+def _flatten_keys(extractor: nn.Module, space: spaces.Space) -> tuple[bool, tuple[str, ...] | None]:
+    """(supported, keys): the keys of a CombinedExtractor of Flatten layers, None for a FlattenExtractor."""
+    def float_box(s: spaces.Space) -> bool:
+        return isinstance(s, spaces.Box) and np.issubdtype(s.dtype, np.floating)
+
+    if isinstance(extractor, FlattenExtractor) and float_box(space):
+        return True, None
+    if isinstance(extractor, CombinedExtractor) and isinstance(space, spaces.Dict):
+        keys = tuple(extractor.extractors.keys())
+        if all(isinstance(extractor.extractors[k], nn.Flatten) and float_box(space[k]) for k in keys):
+            return True, keys
+    return False, None
+
+
+def _mlp_layers(net: nn.Module) -> tuple[tuple[tuple[th.Tensor, th.Tensor], ...], Any] | None:
+    """((weight, bias) per Linear, activation function) of Sequential(Linear, act, Linear, act, ...)."""
+    mods = list(net.children()) if isinstance(net, nn.Sequential) else None
+    if mods is None or len(mods) % 2:
+        return None
+    layers, act = [], None
+    for lin, nonlin in zip(mods[::2], mods[1::2], strict=True):
+        fn = _ACTIVATIONS.get(type(nonlin))
+        if not isinstance(lin, nn.Linear) or lin.bias is None or fn is None or act not in (None, fn):
+            return None
+        layers.append((lin.weight, lin.bias))
+        act = fn
+    return tuple(layers), act
+
+
+class FastPPO(PPO):
+    """``stable_baselines3.PPO`` with a lean, pipelined rollout and a lean update (identical numbers)."""
+
+    def _lean(self) -> LeanPolicy | None:
+        return LeanPolicy.of(self.policy)
+
+    # ------------------------------------------------------------------ rollout
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
+                         n_rollout_steps: int) -> bool:
+        """``OnPolicyAlgorithm.collect_rollouts``, with step ``t``'s bookkeeping done while ``t + 1`` steps."""
+        lean = self._lean()
+        if lean is None or not isinstance(self.action_space, spaces.Box):
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        low, high = self.action_space.low, self.action_space.high
+
+        in_flight = False  # step_async called, step_wait not yet
+
+        with th.no_grad():  # the std is constant during a rollout: validate it once
+            lean.check(*lean.mean_std(th.zeros((1, lean.action_net[0].shape[1]))))
+
+        def act(obs: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor, np.ndarray]:
+            nonlocal in_flight
+            features = lean.features(obs)
+            with th.no_grad():
+                actions, values, log_probs = lean.forward(features)
+            actions_np = actions.numpy()
+            if np.isnan(actions_np).any():  # a NaN mean: raise what Normal(mean, std) raises in SB3
+                with th.no_grad():
+                    lean.check(*lean.mean_std(lean.latents(features)[0]))
+            env.step_async(np.clip(actions_np, low, high))
+            in_flight = True
+            return actions, values, log_probs, actions_np
+
+        n_steps = 0
+        last_obs: Any = self._last_obs
+        pending: tuple[th.Tensor, th.Tensor, th.Tensor, np.ndarray] | None = act(last_obs)
+        try:
+            while pending is not None:
+                in_flight = False
+                new_obs, rewards, dones, infos = env.step_wait()
+                actions, values, log_probs, actions_np = pending
+                self.num_timesteps += env.num_envs
+                # The next step's physics runs in the env's threads during this step's bookkeeping.
+                pending = act(new_obs) if n_steps + 1 < n_rollout_steps else None
+                callback.update_locals({"self": self, "env": env, "callback": callback,
+                                        "rollout_buffer": rollout_buffer, "n_rollout_steps": n_rollout_steps,
+                                        "n_steps": n_steps, "actions": actions_np, "values": values,
+                                        "log_probs": log_probs, "new_obs": new_obs, "rewards": rewards,
+                                        "dones": dones, "infos": infos})
+                if not callback.on_step():
+                    return False
+                self._update_info_buffer(infos, dones)
+                n_steps += 1
+                self._bootstrap_truncated(lean, rewards, dones, infos)
+                rollout_buffer.add(last_obs, actions_np, rewards, self._last_episode_starts,  # type: ignore[arg-type]
+                                   values, log_probs)
+                self._last_obs = last_obs = new_obs  # type: ignore[assignment]
+                self._last_episode_starts = dones
+        finally:
+            if in_flight:  # a callback stopped us, or something raised: let the envs finish that step
+                env.step_wait()
+        with th.no_grad():
+            values = lean.predict_values(lean.features(new_obs))
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals({"self": self, "env": env, "callback": callback, "rollout_buffer": rollout_buffer,
+                                "n_rollout_steps": n_rollout_steps, "n_steps": n_steps, "new_obs": new_obs,
+                                "rewards": rewards, "dones": dones, "infos": infos, "values": values})
+        callback.on_rollout_end()
+        return True
+
+    def _bootstrap_truncated(self, lean: LeanPolicy, rewards: np.ndarray, dones: np.ndarray,
+                             infos: list[dict[str, Any]]) -> None:
+        """SB3's time-limit fix (GitHub issue #633): add ``gamma * V(terminal obs)``, one env at a time
+        as SB3 does (a batch of several would round differently)."""
+        for idx, done in enumerate(dones):
+            info = infos[idx]
+            if done and info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
+                with th.no_grad():
+                    terminal_value = lean.predict_values(lean.features(info["terminal_observation"], batch=False))[0]
+                rewards[idx] += self.gamma * terminal_value
+
+    # ------------------------------------------------------------------ update
+    def train(self) -> None:
+        """``PPO.train`` on tensors flattened once per update; same minibatches, same arithmetic."""
+        lean = self._lean()
+        if lean is None or self.clip_range_vf is not None or self.target_kl is not None:
+            return super().train()
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        buf = self.rollout_buffer
+        data = _flat_buffer(buf, lean)
+        n = buf.buffer_size * buf.n_envs
+        params = list(self.policy.parameters())
+        optimizer = self.policy.optimizer
+        # Adam's multi-tensor ("foreach") step does the single-tensor step's arithmetic, element by
+        # element, in a handful of calls instead of ~100 (bit-equal: tests/test_fastppo.py). PyTorch
+        # only picks it by itself for GPU tensors. Restored afterwards, so checkpoints are SB3's.
+        foreach_before = [group.get("foreach") for group in optimizer.param_groups]
+        if isinstance(optimizer, th.optim.Adam):
+            for group in optimizer.param_groups:
+                group["foreach"] = True
+
+        entropy_losses: list[float] = []
+        pg_losses: list[float] = []
+        value_losses: list[float] = []
+        clip_fractions: list[float] = []
+        approx_kl_divs: list[np.ndarray] = []
+        loss = th.zeros(())
+        for _epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            indices = th.from_numpy(np.random.permutation(n))  # DictRolloutBuffer.get's draw
+            for start in range(0, n, self.batch_size):
+                idx = indices[start:start + self.batch_size]
+                values, log_prob, entropy, dist = lean.evaluate_actions(data["features"][idx], data["actions"][idx])
+                values = values.flatten()
+                advantages = data["advantages"][idx]
+                old_log_prob = data["log_probs"][idx]
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                ratio = th.exp(log_prob - old_log_prob)
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+                pg_losses.append(policy_loss.item())
+                if not math.isfinite(pg_losses[-1]):  # NaN/inf parameters: fail as SB3's validated Normal does
+                    lean.check(dist.loc, dist.scale)
+                clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                value_loss = F.mse_loss(data["returns"][idx], values)
+                value_losses.append(value_loss.item())
+                entropy_loss = -th.mean(entropy)
+                entropy_losses.append(entropy_loss.item())
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                with th.no_grad():
+                    log_ratio = log_prob - old_log_prob
+                    approx_kl_divs.append(th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy())
+                optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+                optimizer.step()
+            self._n_updates += 1
+        for group, before in zip(optimizer.param_groups, foreach_before, strict=True):
+            group["foreach"] = before
+
+        explained_var = explained_variance(buf.values.flatten(), buf.returns.flatten())
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+
+
+def _flat_buffer(buf: Any, lean: LeanPolicy) -> dict[str, th.Tensor]:
+    """The rollout buffer as [n_steps * n_envs, ...] tensors, in ``RolloutBuffer.get``'s env-major order.
+
+    Flattens the buffer's arrays in place exactly as ``get`` does (``swap_and_flatten``, once), so
+    code reading them afterwards (``explained_variance``, callbacks) sees what it sees under SB3.
+    """
+    if not buf.generator_ready:
+        if isinstance(buf.observations, dict):
+            for key, obs in buf.observations.items():
+                buf.observations[key] = buf.swap_and_flatten(obs)
+        else:
+            buf.observations = buf.swap_and_flatten(buf.observations)
+        for name in ("actions", "values", "log_probs", "advantages", "returns"):
+            buf.__dict__[name] = buf.swap_and_flatten(buf.__dict__[name])
+        buf.generator_ready = True
+    return {
+        "features": lean.features(buf.observations),
+        "actions": th.as_tensor(buf.actions.astype(np.float32, copy=False)),
+        "log_probs": th.as_tensor(buf.log_probs.reshape(-1)),
+        "advantages": th.as_tensor(buf.advantages.reshape(-1)),
+        "returns": th.as_tensor(buf.returns.reshape(-1)),
+    }
