@@ -90,35 +90,42 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
             self._welds.append((mocap_id, body))
         self._jacp = np.zeros((3, m.nv))
         self._rot_ctrl = np.array([1.0, 0.0, 1.0, 0.0])  # fixed end-effector rotation delta (stock)
+        # The stock code recomputes this product every step; it is the same float each time.
+        self._obs_dt = self.n_substeps * m.opt.timestep
+        # MjData's arrays never move: keep the NumPy views instead of asking the bindings every step.
+        d = self.data
+        self._qpos, self._qvel, self._site_xpos = d.qpos, d.qvel, d.site_xpos
+        self._mocap_pos, self._mocap_quat, self._xpos, self._xquat = d.mocap_pos, d.mocap_quat, d.xpos, d.xquat
 
     # ------------------------------------------------------------------ step
     def step(self, action: np.ndarray) -> tuple[Obs, Any, bool, bool, dict[str, Any]]:
         """BaseRobotEnv.step with _set_action, _step_callback and _get_obs inlined (same arithmetic)."""
         action = np.asarray(action)
-        if action.shape != self.action_space.shape:
+        space = self.action_space
+        if action.shape != space.shape:
             raise ValueError("Action dimension mismatch")
-        action = np.clip(action, self.action_space.low, self.action_space.high)
+        action = np.minimum(np.maximum(action, space.low), space.high)  # np.clip's result, in fewer calls
         self._apply_action(action)
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)  # releases the GIL
         self._step_callback()
         if self.render_mode == "human":
             self.render()
         obs = self._get_obs()
-        d = np.linalg.norm(obs["achieved_goal"] - self.goal, axis=-1)  # goal_distance()
+        delta = obs["achieved_goal"] - self.goal
+        d = np.sqrt(np.add.reduce(delta * delta, axis=-1))  # np.linalg.norm(delta, axis=-1), its own ops
         info = {"is_success": (d < self.distance_threshold).astype(np.float32)}
         reward = -(d > self.distance_threshold).astype(np.float32) if self.reward_type == "sparse" else -d
         return obs, reward, False, False, info
 
     def _apply_action(self, action: np.ndarray) -> None:
         """BaseFetchEnv._set_action + mujoco_utils.mocap_set_action for one mocap, no actuators."""
-        pos_ctrl = action[:3].copy()
-        pos_ctrl *= 0.05  # limit maximum change in position (in the action's dtype, as stock)
-        d = self.data
+        pos_ctrl = action[:3] * 0.05  # limit maximum change in position (in the action's dtype, as stock)
+        mocap_pos, mocap_quat = self._mocap_pos, self._mocap_quat
         for mocap_id, body in self._welds:
-            d.mocap_pos[mocap_id] = d.xpos[body]
-            d.mocap_quat[mocap_id] = d.xquat[body]
-        d.mocap_pos[:] = d.mocap_pos + pos_ctrl.astype(np.float64)
-        d.mocap_quat[:] = d.mocap_quat + self._rot_ctrl
+            mocap_pos[mocap_id] = self._xpos[body]
+            mocap_quat[mocap_id] = self._xquat[body]
+        mocap_pos += pos_ctrl.astype(np.float64)
+        mocap_quat += self._rot_ctrl
 
     def _step_callback(self) -> None:
         """Keep the blocked gripper closed, then recompute what the observation reads.
@@ -130,7 +137,7 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
         fields nothing reads between steps (qacc, contacts, constraint forces) are left stale.
         ``render`` still runs its own ``mj_forward``.
         """
-        qpos = self.data.qpos
+        qpos = self._qpos
         for adr in self._finger_qpos_adr:
             qpos[adr] = 0.0
         mujoco.mj_kinematics(self.model, self.data)
@@ -138,13 +145,13 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
 
     def _get_obs(self) -> Obs:
         """BaseFetchEnv._get_obs for the no-object case, with cached addresses."""
-        d = self.data
-        grip_pos = d.site_xpos[self._grip_site]
-        dt = self.n_substeps * self.model.opt.timestep
-        mujoco.mj_jacSite(self.model, d, self._jacp, None, self._grip_site)
-        grip_velp = (self._jacp @ d.qvel) * dt
-        gripper_state = d.qpos[self._grip_qpos_adr]
-        gripper_vel = d.qvel[self._grip_dof_adr] * dt
+        grip_pos = self._site_xpos[self._grip_site]
+        dt = self._obs_dt
+        mujoco.mj_jacSite(self.model, self.data, self._jacp, None, self._grip_site)
+        qvel = self._qvel
+        grip_velp = (self._jacp @ qvel) * dt
+        gripper_state = self._qpos[self._grip_qpos_adr]
+        gripper_vel = qvel[self._grip_dof_adr] * dt
         return {
             "observation": np.concatenate([grip_pos, gripper_state, grip_velp, gripper_vel]),
             "achieved_goal": grip_pos.copy(),

@@ -139,20 +139,34 @@ class LeanPolicy:
         Normal(mean, std, validate_args=True)
 
     # ------------------------------------------------------------------ SB3 entry points
-    def forward(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """``ActorCriticPolicy.forward(obs)`` with sampling, under ``no_grad``: actions [B, A],
-        values [B, 1], log_prob [B]. ``Normal.rsample`` and ``Normal.log_prob`` written out, op for op.
+    def std_terms(self, n: int) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """(std, 2 * var, log std), each [n, A], as ``Normal`` computes them for a batch of ``n``.
 
-        Parameters are not validated here (torch's checks cost several ops per call): the caller
-        checks the std once per rollout and the sampled actions for NaN, which a NaN mean causes.
+        The policy's std does not depend on the observation, so during a rollout (parameters fixed)
+        these are the same every step: computed once, with the same ops, they are the same numbers.
+        Validated here, as ``Normal(mean, std)`` would (std > 0).
         """
+        with th.no_grad():
+            std = th.ones((n, self.log_std.shape[0]), dtype=self.log_std.dtype) * self.log_std.exp()
+            self.check(th.zeros_like(std), std)
+            return std, 2 * std**2, std.log()
+
+    def forward(self, features: th.Tensor,
+                std_terms: tuple[th.Tensor, th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``ActorCriticPolicy.forward(obs)`` with sampling, under ``no_grad``: actions [B, A],
+        values [B, 1], log_prob [B]. ``Normal.rsample`` and ``Normal.log_prob`` written out, op for op,
+        with the std terms of :meth:`std_terms`.
+
+        The mean is not validated here (torch's checks cost several ops per call): the caller checks
+        the sampled actions for NaN, which a NaN mean causes.
+        """
+        std, two_var, log_scale = std_terms
         latent_pi, latent_vf = self.latents(features)
         values = self.values(latent_vf)
-        mean, std = self.mean_std(latent_pi)
+        mean = F.linear(latent_pi, *self.action_net)
         eps = th.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_()  # _standard_normal
         actions = mean + eps * std
-        var = std**2
-        log_prob = -((actions - mean) ** 2) / (2 * var) - std.log() - _LOG_SQRT_2PI
+        log_prob = -((actions - mean) ** 2) / two_var - log_scale - _LOG_SQRT_2PI
         return actions, values, log_prob.sum(dim=1)
 
     def predict_values(self, features: th.Tensor) -> th.Tensor:
@@ -221,14 +235,13 @@ class FastPPO(PPO):
 
         in_flight = False  # step_async called, step_wait not yet
 
-        with th.no_grad():  # the std is constant during a rollout: validate it once
-            lean.check(*lean.mean_std(th.zeros((1, lean.action_net[0].shape[1]))))
+        std_terms = lean.std_terms(env.num_envs)
 
         def act(obs: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor, np.ndarray]:
             nonlocal in_flight
             features = lean.features(obs)
-            with th.no_grad():
-                actions, values, log_probs = lean.forward(features)
+            with th.inference_mode():
+                actions, values, log_probs = lean.forward(features, std_terms)
             actions_np = actions.numpy()
             if np.isnan(actions_np).any():  # a NaN mean: raise what Normal(mean, std) raises in SB3
                 with th.no_grad():
@@ -258,8 +271,7 @@ class FastPPO(PPO):
                 self._update_info_buffer(infos, dones)
                 n_steps += 1
                 self._bootstrap_truncated(lean, rewards, dones, infos)
-                rollout_buffer.add(last_obs, actions_np, rewards, self._last_episode_starts,  # type: ignore[arg-type]
-                                   values, log_probs)
+                _buffer_add(rollout_buffer, last_obs, actions_np, rewards, self._last_episode_starts, values, log_probs)
                 self._last_obs = last_obs = new_obs  # type: ignore[assignment]
                 self._last_episode_starts = dones
         finally:
@@ -359,6 +371,26 @@ class FastPPO(PPO):
         self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)
+
+
+def _buffer_add(buf: Any, obs: Any, actions: np.ndarray, rewards: np.ndarray, episode_starts: Any,
+                values: th.Tensor, log_probs: th.Tensor) -> None:
+    """``(Dict)RolloutBuffer.add`` for Box spaces: the same values written, without its per-call
+    checks and intermediate copies (Discrete observations and 0-d log-probs never occur here)."""
+    pos = buf.pos
+    if isinstance(buf.observations, dict):
+        for key, stored in buf.observations.items():
+            stored[pos] = obs[key]
+    else:
+        buf.observations[pos] = obs
+    buf.actions[pos] = actions.reshape((buf.n_envs, buf.action_dim))
+    buf.rewards[pos] = rewards
+    buf.episode_starts[pos] = episode_starts
+    buf.values[pos] = values.numpy().flatten()
+    buf.log_probs[pos] = log_probs.numpy()
+    buf.pos += 1
+    if buf.pos == buf.buffer_size:
+        buf.full = True
 
 
 def _flat_buffer(buf: Any, lean: LeanPolicy) -> dict[str, th.Tensor]:
