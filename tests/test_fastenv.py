@@ -247,3 +247,25 @@ def test_render_rgb_array_matches_reference() -> None:
     assert frame_fast.shape == frame_ref.shape and np.array_equal(frame_fast, frame_ref)
     ref.close()
     fast.close()
+
+
+def _model_bytes(model: Any) -> bytes:
+    import mujoco
+
+    buf = np.empty(mujoco.mj_sizeModel(model), dtype=np.uint8)
+    mujoco.mj_saveModel(model, None, buf)
+    return buf.tobytes()
+
+
+def test_vec_env_steps_every_env_with_one_shared_model() -> None:
+    """One MjModel for all envs (not for rendering ones), byte-for-byte the model each env would build."""
+    vec = fastenv.make_vec_env("FetchReachDense-v4", 4, seed=0)
+    assert len({id(e.model) for e in vec.envs}) == 1
+    vec.reset()
+    for _ in range(60):  # stepping never writes to the shared model
+        vec.step(np.random.default_rng(0).uniform(-1, 1, size=(4, 4)).astype(np.float32))
+    assert _model_bytes(vec.envs[0].model) == _model_bytes(fastenv.make_raw("FetchReachDense-v4").model)
+    vec.close()
+    rendering = fastenv.make_vec_env("FetchReachDense-v4", 2, seed=0, render_mode="rgb_array")
+    assert rendering.envs[0].model is not rendering.envs[1].model  # render() moves the target site
+    rendering.close()

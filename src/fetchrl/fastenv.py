@@ -44,6 +44,7 @@ from fetchrl.config import ENV_THREADS_VAR
 with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from gymnasium_robotics.envs.fetch.reach import MujocoFetchReachEnv
+    from gymnasium_robotics.utils import mujoco_utils
 
 #: Gymnasium ids with a fast implementation, and the reward type each one uses.
 _REWARD_TYPES = {"FetchReachDense-v4": "dense", "FetchReach-v4": "sparse"}
@@ -62,8 +63,33 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
     the action only moves the mocap body; the constructor checks these assumptions.
     """
 
+    def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: Any) -> None:
+        """``shared_model``: step with this (identical) model instead of the one built from the XML.
+
+        Eight envs on one ``MjModel`` (8.5 MB, mostly collision meshes) instead of eight copies keep
+        it in cache: stepping is a few per cent faster and memory smaller. MuJoCo only reads the
+        model while stepping, so threads may share it. Not for rendering envs: ``render`` moves the
+        target's site in the model.
+        """
+        self._shared_model = shared_model
+        super().__init__(**kwargs)
+
     def _initialize_simulation(self) -> None:
-        super()._initialize_simulation()
+        if self._shared_model is None:
+            super()._initialize_simulation()
+        else:
+            # MujocoRobotEnv._initialize_simulation, on the shared model instead of a fresh copy of the
+            # XML's. _env_setup rewrites the model's weld data with the constants the first env already
+            # wrote there; everything else it sets is this env's MjData.
+            self.model = self._shared_model
+            self.data = mujoco.MjData(self.model)
+            self._model_names = mujoco_utils.MujocoModelNames(self.model)
+            self.model.vis.global_.offwidth = self.width
+            self.model.vis.global_.offheight = self.height
+            self._env_setup(initial_qpos=self.initial_qpos)
+            self.initial_time = self.data.time
+            self.initial_qpos = np.copy(self.data.qpos)
+            self.initial_qvel = np.copy(self.data.qvel)
         m = self.model
         assert m.nu == 0 and m.nmocap >= 1, "FastFetchReachEnv needs the mocap-driven reach model"
         site = mujoco.mjtObj.mjOBJ_SITE
@@ -449,9 +475,14 @@ def make_vec_env(env_id: str, n_envs: int, *, seed: int, n_threads: int | None =
     """
     _check_id(env_id)
 
+    shared: list[mujoco.MjModel] = []  # env 0's model, stepped by every env (not when rendering)
+
     def thunk(rank: int) -> Callable[[], gym.Env]:
         def _init() -> gym.Env:
-            env = make_raw(env_id, render_mode=render_mode)
+            share = shared[0] if shared and render_mode is None else None
+            env = make_raw(env_id, render_mode=render_mode, shared_model=share)
+            if not shared:
+                shared.append(env.model)
             env.action_space.seed(seed + rank)
             return env
 
