@@ -86,7 +86,7 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
             self._model_names = mujoco_utils.MujocoModelNames(self.model)
             self.model.vis.global_.offwidth = self.width
             self.model.vis.global_.offheight = self.height
-            self._env_setup(initial_qpos=self.initial_qpos)
+            self._env_setup(initial_qpos=self.initial_qpos)  # type: ignore[has-type]
             self.initial_time = self.data.time
             self.initial_qpos = np.copy(self.data.qpos)
             self.initial_qvel = np.copy(self.data.qvel)
