@@ -294,6 +294,7 @@ class ThreadedVecEnv(VecEnv):
         self._n_threads = max(1, min(n_threads or default_n_threads(), n))
         self._workers = [_Worker(self._step_shared, f"fetchrl-env-{k}") for k in range(1, self._n_threads)]
         self._next_env: Iterator[int] = iter(())
+        self._error: BaseException | None = None
         self._in_flight = False
         self._closed = False
 
@@ -346,28 +347,40 @@ class ThreadedVecEnv(VecEnv):
         self.buf_infos[i] = info
 
     def step_async(self, actions: np.ndarray) -> None:
-        """Start stepping in the worker threads and return at once; ``step_wait`` joins in and collects.
-
-        ``fetchrl.fastppo.FastPPO`` does the previous step's bookkeeping in between, while the
-        workers already run the physics.
-        """
+        """Start stepping in the worker threads and return at once; ``step_wait`` joins in and collects."""
         if self._in_flight:
             raise RuntimeError("step_async called twice without step_wait")
         self.actions = actions
         self._next_env = itertools.count()
+        self._error = None
         for w in self._workers:
             w.requests.put(True)
         self._in_flight = True
 
-    def step_wait(self) -> VecEnvStepReturn:
+    def step_help(self) -> None:
+        """Step envs of the step in flight in the calling thread until none is left to start; return
+        without waiting for the workers' last ones.
+
+        ``fetchrl.fastppo.FastPPO`` calls this right after ``step_async`` and does the previous
+        step's bookkeeping afterwards, in the time the workers need to finish, then ``step_wait``.
+        Errors are raised by ``step_wait``.
+        """
         if not self._in_flight:
-            raise RuntimeError("step_wait called without step_async")
-        self._in_flight = False
-        error: BaseException | None = None
+            raise RuntimeError("step_help called without step_async")
+        self._help()
+
+    def _help(self) -> None:
         try:
             self._step_shared()
         except BaseException as err:
-            error = err
+            self._error = self._error or err
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if not self._in_flight:
+            raise RuntimeError("step_wait called without step_async")
+        self._help()
+        self._in_flight = False
+        error = self._error
         for w in self._workers:  # always collect every reply, so no worker is left mid-step
             reply = w.replies.get()
             error = error or reply

@@ -250,6 +250,7 @@ class FastPPO(PPO):
             in_flight = True
             return actions, values, log_probs, actions_np
 
+        help_step = getattr(env, "step_help", None)
         n_steps = 0
         last_obs: Any = self._last_obs
         pending: tuple[th.Tensor, th.Tensor, th.Tensor, np.ndarray] | None = act(last_obs)
@@ -259,8 +260,12 @@ class FastPPO(PPO):
                 new_obs, rewards, dones, infos = env.step_wait()
                 actions, values, log_probs, actions_np = pending
                 self.num_timesteps += env.num_envs
-                # The next step's physics runs in the env's threads during this step's bookkeeping.
+                # The next step's physics starts before this step's bookkeeping: with a ThreadedVecEnv
+                # this thread steps its share of the envs first and does the bookkeeping while the
+                # workers finish theirs; elsewhere the bookkeeping overlaps whatever step_async began.
                 pending = act(new_obs) if n_steps + 1 < n_rollout_steps else None
+                if pending is not None and help_step is not None:
+                    help_step()
                 callback.update_locals({"self": self, "env": env, "callback": callback,
                                         "rollout_buffer": rollout_buffer, "n_rollout_steps": n_rollout_steps,
                                         "n_steps": n_steps, "actions": actions_np, "values": values,
