@@ -44,12 +44,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _setup(arm: str, torch_threads: int) -> None:
+def _setup(arm: str, torch_threads: int, plain_same_threads: bool = False) -> None:
+    """``plain_same_threads``: give plain SB3 fetchrl's torch thread count too (criteria runs)."""
     warnings.simplefilter("ignore")
     from fetchrl import envs, fastenv
 
     envs.register_envs()
-    if arm == "fetchrl":
+    if arm == "fetchrl" or plain_same_threads:
         fastenv.configure_torch_threads(torch_threads)
 
 
@@ -200,8 +201,14 @@ def _make_criteria_callback(arm: str, state: _CriteriaState, stop_at_criteria: b
 
 
 def job_criteria(arm: str, seed: int, steps: int, torch_threads: int, stop_at_criteria: bool) -> dict[str, Any]:
-    """Train until the chapter's three criteria hold (or ``steps``); eval time excluded from the clock."""
-    _setup(arm, torch_threads)
+    """Train until the chapter's three criteria hold (or ``steps``); eval time excluded from the clock.
+
+    Both arms use the same torch thread count here: float32 matmuls round differently with two
+    threads, and with one thread each the arms do the very same computation (tests/test_fastppo.py),
+    so they reach the criteria at the same step and the clocks compare like for like. Plain SB3 trains
+    equally fast with one or two torch threads on this model (see ``--breakdown``).
+    """
+    _setup(arm, torch_threads, plain_same_threads=True)
     model = (_plain_model if arm == "plain" else _fetchrl_model)(seed, steps)
     state = _CriteriaState()
     model.learn(steps, callback=_make_criteria_callback(arm, state, stop_at_criteria))
@@ -327,6 +334,12 @@ def _criteria_rows(crit: dict[str, list[dict[str, Any]]]) -> list[tuple[str, lis
 
 def _print_full(args: argparse.Namespace, crit: dict[str, list[dict[str, Any]]], threads: int) -> None:
     print_curves(crit)
+    def evals(run: dict[str, Any]) -> list[tuple[float, ...]]:
+        return [(pt["steps"], pt["success"], pt["return"], pt["distance"]) for pt in run["curve"]]
+
+    same = all(evals(p) == evals(f) and p["steps_to_criteria"] == f["steps_to_criteria"]
+               for p, f in zip(crit["plain"], crit["fetchrl"], strict=True))
+    print(f"criteria runs: every eval point of both arms identical on seeds {args.seeds}: {'yes' if same else 'NO'}")
     for arm in ARMS:
         missed = sum(r["steps_to_criteria"] is None for r in crit[arm])
         if missed:

@@ -8,12 +8,14 @@ Two pieces, each proven equal to the stock path by ``tests/test_fastenv.py``:
    reward or ``is_success`` is the stock one, in the stock order, so the numbers are identical
    (the test demands 1e-6; they are in fact bit-equal). Reset, seeding, goal sampling,
    ``compute_reward`` and ``render`` are inherited unchanged.
-2. :class:`ThreadedVecEnv` — an SB3 ``VecEnv`` that splits its environments over threads. MuJoCo
-   releases the GIL inside ``mj_step``, so two threads use two cores. It folds in the bookkeeping
-   of ``TimeLimit`` (Fetch never terminates; every episode is *truncated* at 50 steps) and SB3's
-   ``Monitor`` (``info["episode"]``), and returns exactly what ``DummyVecEnv(Monitor(gym.make(id)))``
-   returns for the same seed: observations, float32 rewards, dones, ``TimeLimit.truncated``,
-   ``terminal_observation`` and ``is_success``.
+2. :class:`ThreadedVecEnv` — an SB3 ``VecEnv`` whose envs are stepped by two threads taking them
+   one at a time from a shared counter (MuJoCo releases the GIL inside ``mj_step``, so two threads
+   use two cores), all on one shared ``MjModel``. ``step_async`` returns at once, so the caller can
+   work while the physics runs (:class:`fetchrl.fastppo.FastPPO` does). It folds in the
+   bookkeeping of ``TimeLimit`` (Fetch never terminates; every episode is *truncated* at 50 steps)
+   and SB3's ``Monitor`` (``info["episode"]``), and returns exactly what
+   ``DummyVecEnv(Monitor(gym.make(id)))`` returns for the same seed: observations, float32
+   rewards, dones, ``TimeLimit.truncated``, ``terminal_observation`` and ``is_success``.
 
 ``fetchrl.envs`` calls :func:`make` and :func:`make_vec_env` for ids in :data:`FAST_ENV_IDS`.
 """
@@ -254,6 +256,10 @@ class _Worker:
 
 class ThreadedVecEnv(VecEnv):
     """SB3 VecEnv stepping its envs in ``n_threads`` threads; results identical to DummyVecEnv.
+
+    ``step_async`` wakes ``n_threads - 1`` workers; the calling thread joins in ``step_help`` or
+    ``step_wait``. Each thread takes the next unstepped env until none is left, so a caller that
+    arrives late (busy with other work) simply steps fewer envs.
 
     Each env is wrapped *in spirit* by ``Monitor(TimeLimit(env, max_episode_steps))``: the two
     wrappers' bookkeeping is done here, inline, because every Python-level line between two
