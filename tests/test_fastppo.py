@@ -157,18 +157,36 @@ def test_relu_policy_is_reproduced_too() -> None:
 
 
 def test_callback_stop_mid_rollout_matches_sb3_and_leaves_env_usable() -> None:
-    """A callback returning False at step 37: same step count as SB3, the step in flight is
-    finished (not abandoned in a worker thread), and the env keeps working."""
-    counts = []
+    """A callback returning False at step 37: same step count as SB3, no step in flight, and the
+    envs exactly where SB3 leaves them (simulator states equal); the env keeps working."""
+    counts, sims = [], []
     for cls in (PPO, FastPPO):
         rec = _Recorder(stop_after=37)
         vec = _fast_vec(4, 3)
         model, _ = _train(cls, vec, 3, 10 * ROLLOUT, callback=rec, n_steps=128, batch_size=128)
         counts.append((rec.calls, model.num_timesteps, rec.rollout_ends))
+        sims.append([st["sim"] for st in vec.get_state()])
         vec.reset()
         vec.step(np.zeros((4, 4), dtype=np.float32))
         vec.close()
     assert counts[0] == counts[1] == (37, 37 * 4, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(*sims, strict=True))
+
+
+class _NoisyCallback(BaseCallback):
+    """Draws from torch's global generator on every step, as a callback with its own sampling would."""
+
+    def _on_step(self) -> bool:
+        torch.rand(3)
+        return True
+
+
+def test_callback_drawing_random_numbers_keeps_sb3_noise_order() -> None:
+    ref, _ = _train(PPO, _fast_vec(4, 4), 4, 2 * 128 * 4, callback=_NoisyCallback(), n_steps=128, batch_size=128)
+    fast, _ = _train(FastPPO, _fast_vec(4, 4), 4, 2 * 128 * 4, callback=_NoisyCallback(), n_steps=128,
+                     batch_size=128)
+    _assert_same_model(ref, fast)
+    _assert_same_buffer(ref, fast)
 
 
 def test_nan_parameters_fail_like_sb3() -> None:

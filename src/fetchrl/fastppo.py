@@ -3,11 +3,12 @@
 :class:`FastPPO` is ``stable_baselines3.PPO`` with two methods rewritten for speed on a small CPU:
 
 - :meth:`FastPPO.collect_rollouts` computes the policy with ``F.linear`` on the policy's own
-  parameters (no module calls, no distribution validation) and **overlaps** the bookkeeping of step
-  ``t`` (callbacks, episode buffers, time-limit bootstrapping, rollout-buffer writes) with the
-  physics of step ``t + 1``: it calls ``env.step_async`` for ``t + 1`` before finishing ``t``.
-  :class:`fetchrl.fastenv.ThreadedVecEnv` steps in background threads, so the two run at once;
-  on any other VecEnv the order is merely different, never the result.
+  parameters (no module calls, no per-call distribution validation) and **overlaps** the
+  bookkeeping of step ``t`` (episode buffers, time-limit bootstrapping, rollout-buffer writes) with
+  the physics of step ``t + 1``: after the callbacks of step ``t`` it calls ``env.step_async`` for
+  ``t + 1``, then finishes ``t``. :class:`fetchrl.fastenv.ThreadedVecEnv` steps in background
+  threads, so the two run at once; on any other VecEnv the order is merely different, never the
+  result.
 - :meth:`FastPPO.train` flattens the rollout buffer into tensors once per update instead of once
   per minibatch, and evaluates actions with the same ``F.linear`` path.
 
@@ -23,10 +24,9 @@ extractor shared by actor and critic, MLP with Tanh or ReLU, diagonal Gaussian, 
 squashing, float observations). For anything else, and on GPU, FastPPO *is* SB3's PPO: it calls
 the parent methods. Checkpoints are ordinary SB3 PPO zips (``PPO.load`` reads them).
 
-One observable difference: while a callback's ``on_step`` runs for step ``t``, the environments
-may already be stepping ``t + 1``. A callback that stops training discards that step; a callback
-that draws from torch's global generator in ``on_step`` would change the noise order (none of
-fetchrl's or SB3's do).
+Callbacks see what they see under SB3: ``on_step`` runs with no env step in flight, and
+``self.locals`` holds SB3's names for the step's data (``new_obs``, ``rewards``, ``dones``,
+``infos``, ``actions``, ``values``, ``log_probs``, ``n_steps``).
 """
 
 from __future__ import annotations
@@ -258,14 +258,10 @@ class FastPPO(PPO):
             while pending is not None:
                 in_flight = False
                 new_obs, rewards, dones, infos = env.step_wait()
-                actions, values, log_probs, actions_np = pending
+                _, values, log_probs, actions_np = pending
                 self.num_timesteps += env.num_envs
-                # The next step's physics starts before this step's bookkeeping: with a ThreadedVecEnv
-                # this thread steps its share of the envs first and does the bookkeeping while the
-                # workers finish theirs; elsewhere the bookkeeping overlaps whatever step_async began.
-                pending = act(new_obs) if n_steps + 1 < n_rollout_steps else None
-                if pending is not None and help_step is not None:
-                    help_step()
+                # Callbacks run before the next step starts, as in SB3: one that stops training leaves
+                # the envs where SB3 leaves them; one that draws random numbers draws them in SB3's order.
                 callback.update_locals({"self": self, "env": env, "callback": callback,
                                         "rollout_buffer": rollout_buffer, "n_rollout_steps": n_rollout_steps,
                                         "n_steps": n_steps, "actions": actions_np, "values": values,
@@ -273,6 +269,12 @@ class FastPPO(PPO):
                                         "dones": dones, "infos": infos})
                 if not callback.on_step():
                     return False
+                # The next step's physics starts before the rest of this step's bookkeeping: with a
+                # ThreadedVecEnv this thread steps its share of the envs first and does the bookkeeping
+                # while the workers finish theirs; elsewhere it overlaps whatever step_async began.
+                pending = act(new_obs) if n_steps + 1 < n_rollout_steps else None
+                if pending is not None and help_step is not None:
+                    help_step()
                 self._update_info_buffer(infos, dones)
                 n_steps += 1
                 self._bootstrap_truncated(lean, rewards, dones, infos)
