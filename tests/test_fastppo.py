@@ -147,6 +147,14 @@ def test_unsupported_settings_fall_back_to_sb3_and_still_match() -> None:
     assert LeanPolicy.of(fast.policy) is None and fast.num_timesteps == 128
 
 
+def test_other_optimiser_settings_take_torchs_own_step() -> None:
+    """AMSGrad and AdamW are outside the direct Adam step; torch's own clip and step must still match."""
+    for kwargs in ({"optimizer_kwargs": {"amsgrad": True}}, {"optimizer_class": torch.optim.AdamW}):
+        ref, _ = _train(PPO, _fast_vec(4, 6), 6, 2 * 128 * 4, n_steps=128, batch_size=128, policy_kwargs=kwargs)
+        fast, _ = _train(FastPPO, _fast_vec(4, 6), 6, 2 * 128 * 4, n_steps=128, batch_size=128, policy_kwargs=kwargs)
+        _assert_same_model(ref, fast)
+
+
 def test_relu_policy_is_reproduced_too() -> None:
     ref, _ = _train(PPO, _fast_vec(4, 5), 5, 128 * 4, n_steps=128, batch_size=128,
                     policy_kwargs={"activation_fn": torch.nn.ReLU, "net_arch": [32]})
