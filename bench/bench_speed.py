@@ -103,7 +103,8 @@ def _eval_seconds(arm: str, model: Any) -> float:
 BREAKDOWN = {
     "plain+1thread": "plain SB3, torch threads = 1",
     "fastenv-dummy": "+ lean env step (DummyVecEnv, 1 thread)",
-    "fastenv-threads": "+ thread-parallel VecEnv = fetchrl",
+    "fastenv-threads": "+ thread-parallel VecEnv (SB3's PPO)",
+    "fastppo": "+ FastPPO (pipelined rollout, lean update) = fetchrl",
 }
 
 
@@ -123,7 +124,12 @@ def job_breakdown(arm: str, seed: int, steps: int, torch_threads: int) -> dict[s
         env = make_vec_env(lambda: fastenv.make(ENV_ID), n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     else:
         env = fastenv.make_vec_env(ENV_ID, cfg.n_envs, seed=seed)
-    model = PPO(cfg.policy, env, seed=seed, device="cpu", verbose=0, **cfg.ppo_kwargs())
+    if arm == "fastppo":
+        from fetchrl.fastppo import FastPPO
+
+        model = FastPPO(cfg.policy, env, seed=seed, device="cpu", verbose=0, **cfg.ppo_kwargs())
+    else:
+        model = PPO(cfg.policy, env, seed=seed, device="cpu", verbose=0, **cfg.ppo_kwargs())
     t0 = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - t0
