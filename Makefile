@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_speed.py --quick
 
 bench-full: $(STAMP)
-	$(PY) bench/bench_speed.py
+	$(PY) bench/bench_speed.py --breakdown
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
