@@ -236,10 +236,10 @@ class FastPPO(PPO):
         low, high = self.action_space.low, self.action_space.high
 
         in_flight = False  # step_async called, step_wait not yet
-
         std_terms = lean.std_terms(env.num_envs)
 
-        def act(obs: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor, np.ndarray]:
+        def act(obs: Any) -> tuple[th.Tensor, th.Tensor, np.ndarray]:
+            """Sample actions for ``obs`` and start the env step: (values, log_probs, actions)."""
             nonlocal in_flight
             features = lean.features(obs)
             with th.inference_mode():
@@ -250,17 +250,17 @@ class FastPPO(PPO):
                     lean.check(*lean.mean_std(lean.latents(features)[0]))
             env.step_async(np.clip(actions_np, low, high))
             in_flight = True
-            return actions, values, log_probs, actions_np
+            return values, log_probs, actions_np
 
         help_step = getattr(env, "step_help", None)
         n_steps = 0
         last_obs: Any = self._last_obs
-        pending: tuple[th.Tensor, th.Tensor, th.Tensor, np.ndarray] | None = act(last_obs)
+        pending: tuple[th.Tensor, th.Tensor, np.ndarray] | None = act(last_obs)
         try:
             while pending is not None:
                 in_flight = False
                 new_obs, rewards, dones, infos = env.step_wait()
-                _, values, log_probs, actions_np = pending
+                values, log_probs, actions_np = pending
                 self.num_timesteps += env.num_envs
                 # Callbacks run before the next step starts, as in SB3: one that stops training leaves
                 # the envs where SB3 leaves them; one that draws random numbers draws them in SB3's order.
