@@ -54,6 +54,7 @@ from torch.optim.adam import adam
 
 _ACTIVATIONS: dict[type[nn.Module], Any] = {nn.Tanh: th.tanh, nn.ReLU: F.relu}
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # torch.distributions.Normal.log_prob's constant
+_ENTROPY_CONST = 0.5 + 0.5 * math.log(2 * math.pi)  # Normal.entropy's, summed first as it sums it
 
 
 @dataclass(frozen=True)
@@ -176,15 +177,22 @@ class LeanPolicy:
         return self.values(self._mlp(features, self.vf))
 
     def evaluate_actions(self, features: th.Tensor,
-                         actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor, Normal]:
+                         actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """``ActorCriticPolicy.evaluate_actions``: values [B, 1], log_prob [B], entropy [B], and the
-        (unvalidated) distribution. SB3's op order, so autograd accumulates gradients in its order."""
+        distribution's (unvalidated) mean and std [B, A].
+
+        ``Normal(mean, std).log_prob`` and ``.entropy`` written out, op for op (equal shapes make
+        ``Normal``'s broadcasting a no-op), in SB3's order: the autograd graph, and so the order in
+        which gradients accumulate, is SB3's.
+        """
         latent_pi, latent_vf = self.latents(features)
-        dist = Normal(*self.mean_std(latent_pi), validate_args=False)
-        log_prob = dist.log_prob(actions).sum(dim=1)
+        mean, std = self.mean_std(latent_pi)
+        var = std**2
+        log_scale = std.log()
+        log_prob = (-((actions - mean) ** 2) / (2 * var) - log_scale - _LOG_SQRT_2PI).sum(dim=1)
         values = self.values(latent_vf)
-        entropy = dist.entropy().sum(dim=1)
-        return values, log_prob, entropy, dist
+        entropy = (_ENTROPY_CONST + th.log(std)).sum(dim=1)
+        return values, log_prob, entropy, mean, std
 
 
 def _flatten_keys(extractor: nn.Module, space: spaces.Space) -> tuple[bool, tuple[str, ...] | None]:
@@ -332,7 +340,7 @@ class FastPPO(PPO):
             indices = th.from_numpy(np.random.permutation(n))  # DictRolloutBuffer.get's draw
             for start in range(0, n, self.batch_size):
                 idx = indices[start:start + self.batch_size]
-                values, log_prob, entropy, dist = lean.evaluate_actions(data["features"][idx], data["actions"][idx])
+                values, log_prob, entropy, mean, std = lean.evaluate_actions(data["features"][idx], data["actions"][idx])
                 values = values.flatten()
                 advantages = data["advantages"][idx]
                 old_log_prob = data["log_probs"][idx]
@@ -344,7 +352,7 @@ class FastPPO(PPO):
                 policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
                 pg_losses.append(policy_loss.item())
                 if not math.isfinite(pg_losses[-1]):  # NaN/inf parameters: fail as SB3's validated Normal does
-                    lean.check(dist.loc, dist.scale)
+                    lean.check(mean, std)
                 clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
                 value_loss = F.mse_loss(data["returns"][idx], values)
                 value_losses.append(value_loss.item())
@@ -354,7 +362,7 @@ class FastPPO(PPO):
                 with th.no_grad():
                     log_ratio = log_prob - old_log_prob
                     approx_kl_divs.append(th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy())
-                optimizer.zero_grad()
+                clip_and_step.zero_grad()
                 loss.backward()
                 clip_and_step()
             self._n_updates += 1
@@ -397,6 +405,7 @@ class _ClipAndStep:
             and all(not (g["amsgrad"] or g["fused"] or g["capturable"] or g["differentiable"] or g["maximize"])
                     for g in groups)
         )
+        self._adam_state: dict[int, _AdamState] = {}
 
     def __call__(self) -> None:
         if not self.direct:
@@ -407,9 +416,15 @@ class _ClipAndStep:
         with th.no_grad():
             total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2.0)), 2.0)
             th._foreach_mul_(grads, th.clamp(self.max_norm / (total_norm + 1e-6), max=1.0))
-            for group in self.optimizer.param_groups:
+            for k, group in enumerate(self.optimizer.param_groups):
+                state = self._adam_state.get(k) or self._cache_state(k, group)
+                if state is not None:
+                    group_grads = [p.grad for p in state[0] if p.grad is not None]
+                    if len(group_grads) == len(state[0]):
+                        self._adam_step(group, group_grads, *state)
+                        continue
                 params: list[th.Tensor] = []
-                group_grads: list[th.Tensor] = []
+                group_grads = []
                 exp_avgs: list[th.Tensor] = []
                 exp_avg_sqs: list[th.Tensor] = []
                 max_exp_avg_sqs: list[th.Tensor] = []
@@ -421,6 +436,57 @@ class _ClipAndStep:
                      has_complex=has_complex, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
                      weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                      decoupled_weight_decay=group["decoupled_weight_decay"])
+
+    def zero_grad(self) -> None:
+        """``optimizer.zero_grad()`` (``set_to_none=True``, torch's default) without its profiler scope."""
+        if not self.direct:
+            self.optimizer.zero_grad()
+            return
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def _cache_state(self, k: int, group: dict[str, Any]) -> _AdamState | None:
+        """Group ``k``'s (params, exp_avgs, exp_avg_sqs, steps) once every param has its Adam state
+        (after the first step), for :meth:`_adam_step`; None before, or for what it does not cover.
+
+        The state tensors are updated in place, so the lists stay valid for this object's lifetime
+        (one ``train`` call; loading a state dict in between would replace them).
+        """
+        if group["weight_decay"] != 0 or any(isinstance(group[h], th.Tensor) for h in ("lr", "betas")):
+            return None
+        params = list(group["params"])
+        states = [self.optimizer.state.get(p) for p in params]
+        if not params or not all(st and {"step", "exp_avg", "exp_avg_sq"} <= st.keys() for st in states):
+            return None
+        if any(p.is_complex() or p.is_sparse for p in params):
+            return None
+        cached = (params, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],  # type: ignore[index]
+                  [st["step"] for st in states])  # type: ignore[index]
+        self._adam_state[k] = cached
+        return cached
+
+    @staticmethod
+    def _adam_step(group: dict[str, Any], grads: list[th.Tensor], params: list[th.Tensor],
+                   exp_avgs: list[th.Tensor], exp_avg_sqs: list[th.Tensor], steps: list[th.Tensor]) -> None:
+        """``torch.optim.adam._multi_tensor_adam`` for one CPU float32 group without weight decay,
+        amsgrad, maximize or capturable: its calls, in its order, with its Python-float scalars
+        (the step counts read in one call instead of one ``item()`` each)."""
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        th._foreach_add_(steps, th.tensor(1.0, device="cpu"), alpha=1.0)
+        th._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        th._foreach_mul_(exp_avg_sqs, beta2)
+        th._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        counts = th.stack(steps).tolist()
+        step_size = [(lr / (1 - beta1**n)) * -1 for n in counts]
+        bias_correction2_sqrt = [(1 - beta2**n) ** 0.5 for n in counts]
+        exp_avg_sq_sqrt = th._foreach_sqrt(exp_avg_sqs)
+        th._foreach_div_(exp_avg_sq_sqrt, bias_correction2_sqrt)
+        th._foreach_add_(exp_avg_sq_sqrt, eps)
+        th._foreach_addcdiv_(params, exp_avgs, exp_avg_sq_sqrt, step_size)
+
+
+_AdamState = tuple[list[th.Tensor], list[th.Tensor], list[th.Tensor], list[th.Tensor]]
 
 
 def _buffer_add(buf: Any, obs: Any, actions: np.ndarray, rewards: np.ndarray, episode_starts: Any,
