@@ -216,6 +216,20 @@ def test_nan_parameters_fail_like_sb3() -> None:
     model.env.close()
 
 
+def test_nan_parameters_in_the_update_fail_like_sb3() -> None:
+    """Weights that turn NaN between rollout and update: SB3's validated Normal raises in
+    evaluate_actions; FastPPO's lean update must raise the same error rather than step on NaN."""
+    for cls in (PPO, FastPPO):
+        model = cls("MultiInputPolicy", _fast_vec(2, 0), seed=0, device="cpu", **{**TINY, "n_steps": 64,
+                                                                                 "batch_size": 64})
+        model.learn(128)  # rollout buffer full, optimiser state created
+        with torch.no_grad():
+            model.policy.action_net.bias.fill_(float("nan"))
+        with pytest.raises(ValueError, match="constraint"):
+            model.train()
+        model.env.close()
+
+
 def test_threaded_vec_env_async_protocol() -> None:
     vec = _fast_vec(2, 0)
     vec.reset()

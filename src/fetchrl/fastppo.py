@@ -10,7 +10,9 @@
   threads, so the two run at once; on any other VecEnv the order is merely different, never the
   result.
 - :meth:`FastPPO.train` flattens the rollout buffer into tensors once per update instead of once
-  per minibatch, and evaluates actions with the same ``F.linear`` path.
+  per minibatch, evaluates actions with the same ``F.linear`` path (``Normal``'s log-prob and
+  entropy written out), and clips the gradients and steps Adam with the calls torch's wrappers
+  make, without the wrappers (:class:`_ClipAndStep`).
 
 Every tensor operation is SB3's, in SB3's order, on the same shapes — a batch-size change alone
 alters float32 matmul results here (MKL picks another kernel), so none is made — and every random
@@ -386,11 +388,15 @@ class _ClipAndStep:
     For SB3's default optimiser — ``torch.optim.Adam`` on CPU without amsgrad, fused, capturable or
     differentiable modes and without step hooks — this calls what those two functions run inside
     their grouping, profiling and grad-mode wrappers: the gradient norms, the total norm and one
-    clamped scale (``torch.nn.utils.clip_grad``), then ``_init_group`` and the functional ``adam``
-    with ``foreach=True``. The multi-tensor step does the single-tensor step's arithmetic element by
-    element, in a handful of calls instead of ~100; PyTorch picks it by itself only on GPU. The
-    optimiser's ``param_groups`` are not touched, so checkpoints stay SB3's. Any other optimiser or
-    setting: torch's two functions as SB3 calls them. Bit-equality: tests/test_fastppo.py.
+    clamped scale (``torch.nn.utils.clip_grad``), then Adam's multi-tensor step — the calls of
+    ``torch.optim.adam._multi_tensor_adam``, on the optimiser's own state tensors, listed once per
+    ``train`` (:meth:`_adam_step`; the first step, which creates the state, goes through
+    ``_init_group`` and the functional ``adam``). The multi-tensor step does the single-tensor
+    step's arithmetic element by element, in a handful of calls instead of ~100; PyTorch picks it
+    by itself only on GPU. :meth:`zero_grad` is ``optimizer.zero_grad()`` without its profiler
+    scope. The optimiser's ``param_groups`` and state are SB3's, so checkpoints stay SB3's. Any
+    other optimiser or setting: torch's functions as SB3 calls them. Bit-equality:
+    tests/test_fastppo.py.
     """
 
     def __init__(self, optimizer: th.optim.Optimizer, params: list[th.Tensor], max_norm: float) -> None:
