@@ -459,7 +459,8 @@ class _ClipAndStep:
         The state tensors are updated in place, so the lists stay valid for this object's lifetime
         (one ``train`` call; loading a state dict in between would replace them).
         """
-        if group["weight_decay"] != 0 or any(isinstance(group[h], th.Tensor) for h in ("lr", "betas")):
+        scalars = (group["lr"], *group["betas"])  # tensors here take torch's checks (and errors)
+        if group["weight_decay"] != 0 or any(isinstance(x, th.Tensor) for x in scalars):
             return None
         params = list(group["params"])
         states = [self.optimizer.state.get(p) for p in params]
