@@ -2,8 +2,9 @@
 
 - FastFetchReachEnv vs gym.make("FetchReach[Dense]-v4"): observations, rewards, is_success,
   terminated/truncated (truncation at step 50) over many random episodes, within 1e-6 (in fact equal).
-- ThreadedVecEnv vs SB3 DummyVecEnv(Monitor(gym.make(...))): the whole step stream, and the policy
-  parameters after two PPO rollouts, exactly equal.
+- ProcessVecEnv (in one process, and split with a worker process) vs SB3
+  DummyVecEnv(Monitor(gym.make(...))): the whole step stream, and the policy parameters after two
+  PPO rollouts, exactly equal; the worker's errors, death and shutdown reach the caller.
 - A checkpoint trained on the fast path loads and evaluates in plain SB3 on the stock env.
 No timing assertions: speed is measured by bench/bench_speed.py.
 """
@@ -119,12 +120,12 @@ def _assert_infos_equal(i1: dict[str, Any], i2: dict[str, Any], where: str) -> N
             assert np.array_equal(i1["terminal_observation"][key], i2["terminal_observation"][key]), where
 
 
-@pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_threaded_vec_env_matches_dummy_vec_env(n_threads: int) -> None:
-    n_envs, seed = 5, 11
+@pytest.mark.parametrize("n_procs", [1, 2])
+def test_process_vec_env_matches_dummy_vec_env(n_procs: int) -> None:
+    n_envs, seed = 5, 11  # split 3 here + 2 in the worker
     ref = _sb3_dummy("FetchReachDense-v4", n_envs, seed)
-    fast = fastenv.make_vec_env("FetchReachDense-v4", n_envs, seed=seed, n_threads=n_threads)
-    assert fast.n_threads == n_threads
+    fast = fastenv.make_vec_env("FetchReachDense-v4", n_envs, seed=seed, n_procs=n_procs)
+    assert fast.n_procs == n_procs and fast.n_local == (3 if n_procs == 2 else 5)
     o1, o2 = ref.reset(), fast.reset()
     for key in o1:
         assert np.array_equal(o1[key], o2[key])
@@ -147,28 +148,111 @@ def test_threaded_vec_env_matches_dummy_vec_env(n_threads: int) -> None:
     fast.close()  # idempotent
 
 
-def test_threaded_vec_env_api() -> None:
+def test_process_vec_env_api_reaches_both_processes() -> None:
+    from gymnasium.wrappers import TimeLimit
     from stable_baselines3.common.monitor import Monitor
 
-    vec = fastenv.make_vec_env("FetchReach-v4", 3, seed=0, n_threads=2)
+    vec = fastenv.make_vec_env("FetchReach-v4", 4, seed=0, n_procs=2)  # envs 2 and 3 in the worker
     try:
-        assert vec.get_attr("reward_type") == ["sparse"] * 3
-        vec.set_attr("distance_threshold", 0.05, indices=[1])
-        assert vec.env_method("compute_reward", np.zeros(3), np.ones(3), {}, indices=0)[0] == -1.0
-        assert all(vec.env_is_wrapped(Monitor))
-        assert vec.seed(5) == [5, 6, 7]
+        assert vec.get_attr("reward_type") == ["sparse"] * 4
+        vec.set_attr("distance_threshold", 0.5, indices=[3, 0])
+        assert vec.get_attr("distance_threshold", indices=[3, 1, 0]) == [0.5, 0.05, 0.5]
+        far = (np.zeros(3), np.full(3, 0.2), {})  # 0.35 apart: a success only for a threshold of 0.5
+        assert vec.env_method("compute_reward", *far, indices=[0, 1, 2, 3]) == [0.0, -1.0, -1.0, 0.0]
+        assert all(vec.env_is_wrapped(Monitor)) and all(vec.env_is_wrapped(TimeLimit))
+        assert vec.env_is_wrapped(gym_wrapper()) == [False] * 4
+        assert vec.seed(5) == [5, 6, 7, 8]
         vec.reset()
-        with pytest.raises(ValueError, match="dimension"):  # a worker's error reaches the caller
-            vec.step(np.zeros((3, 2), dtype=np.float32))
+        with pytest.raises(ValueError, match="dimension"):
+            vec.step(np.zeros((4, 2), dtype=np.float32))
+        with pytest.raises(AttributeError):  # raised in the worker, re-raised here
+            vec.env_method("no_such_method", indices=[2])
+        vec.set_attr("n_substeps", "twenty", indices=[3])  # breaks the worker's env: mj_step raises
+        with pytest.raises(TypeError):
+            vec.step(np.zeros((4, 4), dtype=np.float32))
     finally:
         vec.close()
+    assert not vec._worker.is_alive()
 
 
-def test_threaded_vec_env_state_round_trip_replays_exactly() -> None:
+def gym_wrapper() -> type:
+    from gymnasium.wrappers import RecordEpisodeStatistics
+
+    return RecordEpisodeStatistics
+
+
+def test_process_vec_env_reports_a_dead_worker() -> None:
+    """A worker killed mid-run makes the next step raise (it does not hang), and close() still works."""
+    import os
+    import signal
+
+    vec = fastenv.make_vec_env("FetchReachDense-v4", 2, seed=0, n_procs=2)
+    vec.reset()
+    os.kill(vec._worker.pid, signal.SIGKILL)
+    vec._worker.join(timeout=10)
+    with pytest.raises(RuntimeError, match="worker process died"):
+        vec.step(np.zeros((2, 4), dtype=np.float32))
+    vec.close()
+
+
+def test_env_worker_survives_a_group_sigterm_while_stepping_and_unclosed_envs_do_not_block_exit() -> None:
+    """A SIGTERM to the whole process group (systemd, Slurm) must not kill the envs under a training
+    process that is stopping cleanly; and a script that never closes its VecEnv still exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    vec = fastenv.make_vec_env("FetchReachDense-v4", 2, seed=0, n_procs=2)
+    vec.reset()
+    os.kill(vec._worker.pid, signal.SIGTERM)
+    for _ in range(20):
+        _, _, _, infos = vec.step(np.zeros((2, 4), dtype=np.float32))
+    assert vec._worker.is_alive() and len(infos) == 2
+    vec.close()
+    assert vec._worker.exitcode == 0
+    script = ("import numpy as np; from fetchrl import fastenv\n"
+              "vec = fastenv.make_vec_env('FetchReachDense-v4', 2, seed=0, n_procs=2); vec.reset()\n"
+              "vec.step(np.zeros((2, 4), dtype=np.float32)); print('stepped')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "stepped", done.stderr
+
+
+def test_env_worker_exits_when_its_parent_dies(tmp_path: Path) -> None:
+    """No orphan: a worker whose training process was killed (SIGKILL: no cleanup) exits by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("from fetchrl import fastenv; import time, sys\n"
+              "vec = fastenv.make_vec_env('FetchReachDense-v4', 2, seed=0, n_procs=2)\n"
+              "print(vec._worker.pid, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    worker_pid = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{worker_pid}/stat") as f:  # reaped by init, or a zombie awaiting it
+            if f.read().split()[2] == "Z":
+                return
+        time.sleep(0.2)
+    os.kill(worker_pid, signal.SIGKILL)
+    pytest.fail("the env worker outlived its parent by 15 s")
+
+
+def test_process_vec_env_state_round_trip_replays_exactly() -> None:
     """get_state/set_state (used by fetchrl.resume for bit-exact resume) replay the same stream."""
     import pickle
 
-    vec = fastenv.make_vec_env("FetchReachDense-v4", 4, seed=1, n_threads=2)
+    vec = fastenv.make_vec_env("FetchReachDense-v4", 4, seed=1, n_procs=2)
     vec.reset()
     rng = np.random.default_rng(5)
     for _ in range(30):
@@ -192,13 +276,13 @@ def _tiny_ppo(env: Any, seed: int) -> Any:
                clip_range=0.2, gae_lambda=0.95, gamma=0.99, seed=seed, device="cpu", verbose=0)
 
 
-def test_ppo_on_threaded_env_gives_identical_parameters() -> None:
+def test_ppo_on_process_vec_env_gives_identical_parameters() -> None:
     """Two PPO rollouts (1,024 steps, one truncation per env) on each vec env: equal weights."""
     import torch
 
     params = []
     for vec in (_sb3_dummy("FetchReachDense-v4", 8, 3),
-                fastenv.make_vec_env("FetchReachDense-v4", 8, seed=3, n_threads=2)):
+                fastenv.make_vec_env("FetchReachDense-v4", 8, seed=3, n_procs=2)):
         model = _tiny_ppo(vec, seed=3)
         model.learn(2 * 64 * 8)
         params.append({k: v.clone() for k, v in model.policy.state_dict().items()})

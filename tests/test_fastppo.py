@@ -113,7 +113,7 @@ def _assert_same_buffer(ref: Any, fast: Any) -> None:
 
 def test_fast_path_equals_the_chapters_plain_sb3_setup() -> None:
     """The claim of issue 6: plain SB3 (stock envs, DummyVecEnv, PPO) and fetchrl's fast path
-    (FastFetchReachEnv, ThreadedVecEnv stepping while FastPPO does the bookkeeping, lean update)
+    (FastFetchReachEnv, ProcessVecEnv stepping while FastPPO does the bookkeeping, lean update)
     produce the same rollouts, the same logs and the same network after three updates."""
     ref, logged_ref = _train(PPO, _stock_vec(8, 7), 7, 3 * ROLLOUT)
     fast, logged_fast = _train(FastPPO, _fast_vec(8, 7), 7, 3 * ROLLOUT)

@@ -235,7 +235,7 @@ def test_sigterm_in_process_exits_143(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_resume_is_bit_exact_on_the_fast_env_path(tmp_path: Path) -> None:
-    """The default path: fastenv's ThreadedVecEnv, captured through its get_state()/set_state()."""
+    """The default path: fastenv's ProcessVecEnv, captured through its get_state()/set_state()."""
     fast = SMALL.replace(fast_env=True)
     reference = RunPaths(fast.env_id, fast.seed, tmp_path / "reference")
     train(fast, reference, progress=False)

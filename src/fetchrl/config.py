@@ -14,8 +14,8 @@ from fetchrl.errors import FetchRLError
 
 DEFAULT_ENV_ID = "FetchReachDense-v4"
 ALGO = "ppo"
-#: Environment variable a sweep worker sets to its share of the cores; the threaded VecEnv reads it
-#: so that parallel trials do not oversubscribe the CPU.
+#: Environment variable a sweep worker sets to its share of the cores; the fast VecEnv reads it (one
+#: core: no env worker process) so that parallel trials do not oversubscribe the CPU.
 ENV_THREADS_VAR = "FETCHRL_ENV_THREADS"
 
 #: Hyper-parameters that define the learning problem; a resumed run must match them exactly.

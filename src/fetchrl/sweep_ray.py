@@ -17,8 +17,8 @@ Retries: a task is attempted at most twice whatever went wrong — an exception 
 back as ``(False, message)``, a dead worker or node as a Ray error — exactly like the local backend
 (Ray's own ``max_retries`` is 0 so the two retry counts do not multiply).
 
-Each task reserves ``cpus_per_trial`` CPUs and limits torch (and the fast env's stepping threads)
-to as many threads, so tasks packed onto one node do not oversubscribe it.
+Each task reserves ``cpus_per_trial`` CPUs and limits torch's threads (and the fast env's stepping
+processes) to as many, so tasks packed onto one node do not oversubscribe it.
 """
 
 from __future__ import annotations

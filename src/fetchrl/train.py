@@ -95,7 +95,7 @@ def _torch_determinism(config: TrainConfig) -> Iterator[None]:
 
 
 def fast_path(config: TrainConfig) -> bool:
-    """True when this run trains on fetchrl's fast path (fast env, threaded VecEnv, FastPPO)."""
+    """True when this run trains on fetchrl's fast path (fast env, process-parallel VecEnv, FastPPO)."""
     return config.fast_env and envs.fast_env_available(config.env_id)
 
 
@@ -113,10 +113,10 @@ def model_class(config: TrainConfig) -> Any:
 
 @contextlib.contextmanager
 def _torch_threads(config: TrainConfig) -> Iterator[None]:
-    """On the fast path torch gets one thread (restored afterwards): the env threads need the cores.
+    """On the fast path torch gets one thread (restored afterwards): the envs need the cores.
 
     The policy is a 64-64 MLP on minibatches of 256: a second intra-op thread does not make the
-    update faster here, while it competes with the two env threads during rollouts. The reference
+    update faster here, while it competes with the env worker process during rollouts. The reference
     path keeps torch's default, so ``--reference-env`` stays plain SB3.
     """
     if not fast_path(config):
