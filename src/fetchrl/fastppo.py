@@ -6,9 +6,10 @@
   parameters (no module calls, no per-call distribution validation) and **overlaps** the
   bookkeeping of step ``t`` (episode buffers, time-limit bootstrapping, rollout-buffer writes) with
   the physics of step ``t + 1``: after the callbacks of step ``t`` it calls ``env.step_async`` for
-  ``t + 1``, then finishes ``t``. :class:`fetchrl.fastenv.ThreadedVecEnv` steps in background
-  threads, so the two run at once; on any other VecEnv the order is merely different, never the
-  result.
+  ``t + 1``, then finishes ``t``; the critic's values and the log-probabilities of step ``t + 1``
+  are computed after its ``step_async`` too (they are not needed to act).
+  :class:`fetchrl.fastenv.ProcessVecEnv` steps half the envs in a worker process, so the two run
+  at once; on any other VecEnv the order is merely different, never the result.
 - :meth:`FastPPO.train` flattens the rollout buffer into tensors once per update instead of once
   per minibatch, evaluates actions with the same ``F.linear`` path (``Normal``'s log-prob and
   entropy written out), and clips the gradients and steps Adam with the calls torch's wrappers
@@ -156,23 +157,29 @@ class LeanPolicy:
             self.check(th.zeros_like(std), std)
             return std, 2 * std**2, std.log()
 
-    def forward(self, features: th.Tensor,
-                std_terms: tuple[th.Tensor, th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """``ActorCriticPolicy.forward(obs)`` with sampling, under ``no_grad``: actions [B, A],
-        values [B, 1], log_prob [B]. ``Normal.rsample`` and ``Normal.log_prob`` written out, op for op,
-        with the std terms of :meth:`std_terms`.
+    def sample(self, features: th.Tensor, std_terms: tuple[th.Tensor, th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+        """The actor half of ``ActorCriticPolicy.forward(obs)`` with sampling, under ``no_grad``:
+        (actions [B, A], mean [B, A]); ``Normal.rsample`` written out, op for op.
 
         The mean is not validated here (torch's checks cost several ops per call): the caller checks
         the sampled actions for NaN, which a NaN mean causes.
         """
-        std, two_var, log_scale = std_terms
-        latent_pi, latent_vf = self.latents(features)
-        values = self.values(latent_vf)
-        mean = F.linear(latent_pi, *self.action_net)
+        std = std_terms[0]
+        mean = F.linear(self._mlp(features, self.pi), *self.action_net)
         eps = th.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_()  # _standard_normal
-        actions = mean + eps * std
+        return mean + eps * std, mean
+
+    def value_log_prob(self, features: th.Tensor, actions: th.Tensor, mean: th.Tensor,
+                       std_terms: tuple[th.Tensor, th.Tensor, th.Tensor]) -> tuple[th.Tensor, th.Tensor]:
+        """The rest of ``forward``: values [B, 1] and ``Normal.log_prob(actions)`` summed, [B].
+
+        Neither depends on the other half's results but its actions, so they may be computed after
+        the env step started; the ops and their inputs are ``forward``'s, hence the same numbers.
+        """
+        _, two_var, log_scale = std_terms
+        values = self.predict_values(features)
         log_prob = -((actions - mean) ** 2) / two_var - log_scale - _LOG_SQRT_2PI
-        return actions, values, log_prob.sum(dim=1)
+        return values, log_prob.sum(dim=1)
 
     def predict_values(self, features: th.Tensor) -> th.Tensor:
         """``ActorCriticPolicy.predict_values``: [B, 1]."""
@@ -249,17 +256,20 @@ class FastPPO(PPO):
         std_terms = lean.std_terms(env.num_envs)
 
         def act(obs: Any) -> tuple[th.Tensor, th.Tensor, np.ndarray]:
-            """Sample actions for ``obs`` and start the env step: (values, log_probs, actions)."""
+            """Sample actions for ``obs``, start the env step, then compute the critic and the
+            log-probabilities while it runs: (values, log_probs, actions)."""
             nonlocal in_flight
             features = lean.features(obs)
             with th.inference_mode():
-                actions, values, log_probs = lean.forward(features, std_terms)
+                actions, mean = lean.sample(features, std_terms)
             actions_np = actions.numpy()
             if np.isnan(actions_np).any():  # a NaN mean: raise what Normal(mean, std) raises in SB3
                 with th.no_grad():
                     lean.check(*lean.mean_std(lean.latents(features)[0]))
             env.step_async(np.clip(actions_np, low, high))
             in_flight = True
+            with th.inference_mode():
+                values, log_probs = lean.value_log_prob(features, actions, mean, std_terms)
             return values, log_probs, actions_np
 
         help_step = getattr(env, "step_help", None)
@@ -282,8 +292,8 @@ class FastPPO(PPO):
                 if not callback.on_step():
                     return False
                 # The next step's physics starts before the rest of this step's bookkeeping: with a
-                # ThreadedVecEnv this thread steps its share of the envs first and does the bookkeeping
-                # while the workers finish theirs; elsewhere it overlaps whatever step_async began.
+                # ProcessVecEnv this process steps its share of the envs first and does the bookkeeping
+                # while the worker finishes its own; elsewhere it overlaps whatever step_async began.
                 pending = act(new_obs) if n_steps + 1 < n_rollout_steps else None
                 if pending is not None and help_step is not None:
                     help_step()
