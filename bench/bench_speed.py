@@ -4,7 +4,7 @@ Arms (same algorithm, same hyper-parameters, same seeds):
 - ``plain``: what the chapter does — ``sb3.make_vec_env("FetchReachDense-v4", n_envs=8)`` (DummyVecEnv of
   Monitor(gym.make)), ``PPO("MultiInputPolicy", ...)``, torch's default thread count.
 - ``fetchrl``: ``fetchrl.train.train`` with ``TrainConfig(fast_env=True)`` — the lean FetchReach step,
-  the thread-parallel VecEnv and ``fastenv.FAST_TORCH_THREADS`` torch threads.
+  the process-parallel VecEnv and ``fastenv.FAST_TORCH_THREADS`` torch threads.
 
 Every measurement runs in its own child process (clean peak RSS, clean torch state); arms alternate so
 both see the same machine load. The machine is shared: read the *ratios*, and repeat (``--repeats``).
@@ -41,7 +41,12 @@ EVAL_EPISODES_TIMED = 100
 
 # ============================================================================ child-process jobs
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak RSS plus that of its largest finished child (fetchrl's env worker, once
+    its VecEnv is closed). The worker is a fork: the pages it shares with this process count twice,
+    so fetchrl's figure is an upper bound."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024.0
 
 
 def _setup(arm: str, torch_threads: int, plain_same_threads: bool = False) -> None:
@@ -103,7 +108,7 @@ def _eval_seconds(arm: str, model: Any) -> float:
 BREAKDOWN = {
     "plain+1thread": "plain SB3, torch threads = 1",
     "fastenv-dummy": "+ lean env step (DummyVecEnv, 1 thread)",
-    "fastenv-threads": "+ thread-parallel VecEnv (SB3's PPO)",
+    "fastenv-procs": "+ process-parallel VecEnv (SB3's PPO)",
     "fastppo": "+ FastPPO (pipelined rollout, lean update) = fetchrl",
 }
 
@@ -133,6 +138,7 @@ def job_breakdown(arm: str, seed: int, steps: int, torch_threads: int) -> dict[s
     t0 = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - t0
+    env.close()
     return {"steps": steps, "train_s": seconds, "sps": steps / seconds, "rss_mb": _peak_rss_mb()}
 
 
@@ -218,6 +224,7 @@ def job_criteria(arm: str, seed: int, steps: int, torch_threads: int, stop_at_cr
     model = (_plain_model if arm == "plain" else _fetchrl_model)(seed, steps)
     state = _CriteriaState()
     model.learn(steps, callback=_make_criteria_callback(arm, state, stop_at_criteria))
+    model.env.close()
     return {"steps_to_criteria": state.reached_at, "time_to_criteria_s": state.reached_train_s,
             "train_s": state.train_s, "steps": int(model.num_timesteps),
             "sps": model.num_timesteps / state.train_s, "curve": state.curve, "rss_mb": _peak_rss_mb()}
