@@ -40,17 +40,62 @@ EVAL_EPISODES_TIMED = 100
 
 
 # ============================================================================ child-process jobs
+class _ChildMemory:
+    """Peak private memory (KB) of this process's live child processes — fetchrl's env worker —
+    sampled once a second by a daemon thread (reading ``/proc``; Linux only, 0 elsewhere).
+
+    The worker is a fork: its RSS counts the pages it still shares with this process, so only its
+    private pages are memory it adds (``Private_Clean + Private_Dirty`` of ``smaps_rollup``).
+    """
+
+    def __init__(self, every: float = 1.0) -> None:
+        import threading
+
+        self.peak_kb = 0
+        self._every = every
+        threading.Thread(target=self._run, name="bench-child-memory", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            time.sleep(self._every)
+
+    def sample(self) -> None:
+        total = 0
+        for pid in self._children():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    total += sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean", "Private_Dirty")))
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+        self.peak_kb = max(self.peak_kb, total)
+
+    @staticmethod
+    def _children() -> list[int]:
+        pids: list[int] = []
+        try:
+            for task in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return pids
+
+
+_CHILD_MEMORY: _ChildMemory | None = None
+
+
 def _peak_rss_mb() -> float:
-    """This process's peak RSS plus that of its largest finished child (fetchrl's env worker, once
-    its VecEnv is closed). The worker is a fork: the pages it shares with this process count twice,
-    so fetchrl's figure is an upper bound."""
+    """This process's peak RSS plus the peak private memory of its children (the env worker)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    children = _CHILD_MEMORY.peak_kb if _CHILD_MEMORY is not None else 0
     return (own + children) / 1024.0
 
 
 def _setup(arm: str, torch_threads: int, plain_same_threads: bool = False) -> None:
     """``plain_same_threads``: give plain SB3 fetchrl's torch thread count too (criteria runs)."""
+    global _CHILD_MEMORY
+    _CHILD_MEMORY = _ChildMemory()
     warnings.simplefilter("ignore")
     from fetchrl import envs, fastenv
 
@@ -138,7 +183,6 @@ def job_breakdown(arm: str, seed: int, steps: int, torch_threads: int) -> dict[s
     t0 = time.perf_counter()
     model.learn(steps)
     seconds = time.perf_counter() - t0
-    env.close()
     return {"steps": steps, "train_s": seconds, "sps": steps / seconds, "rss_mb": _peak_rss_mb()}
 
 
@@ -224,7 +268,6 @@ def job_criteria(arm: str, seed: int, steps: int, torch_threads: int, stop_at_cr
     model = (_plain_model if arm == "plain" else _fetchrl_model)(seed, steps)
     state = _CriteriaState()
     model.learn(steps, callback=_make_criteria_callback(arm, state, stop_at_criteria))
-    model.env.close()
     return {"steps_to_criteria": state.reached_at, "time_to_criteria_s": state.reached_train_s,
             "train_s": state.train_s, "steps": int(model.num_timesteps),
             "sps": model.num_timesteps / state.train_s, "curve": state.curve, "rss_mb": _peak_rss_mb()}

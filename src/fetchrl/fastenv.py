@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 import weakref
 from collections import OrderedDict
@@ -133,7 +134,8 @@ class ProcessVecEnv(VecEnv):
     ``infos[i]`` holds ``is_success``, ``TimeLimit.truncated`` and, at an episode's end,
     ``episode = {"r", "l", "t"}`` (Monitor's rounding) and ``terminal_observation`` — the returned
     observation is then the next episode's first one (the env is reset without a seed, continuing
-    its own RNG stream).
+    its own RNG stream). Actions are stored in the action space's dtype (float32), the dtype SB3's
+    algorithms produce.
 
     Args:
         env_id: a fast id (:data:`FAST_ENV_IDS`).
@@ -177,7 +179,11 @@ class ProcessVecEnv(VecEnv):
                               max_episode_steps=max_episode_steps, parent_pid=os.getpid())
             self._worker = ctx.Process(target=serve, name="fetchrl-envs", daemon=True,
                                        args=(spec, buf, self._ctrl, self._go, self._done, child_conn))
-            self._worker.start()
+            gc.freeze()  # the worker's garbage collector then never walks (and so copies) the parent's objects
+            try:
+                self._worker.start()
+            finally:
+                gc.unfreeze()
             child_conn.close()
             _track(self)
             try:
