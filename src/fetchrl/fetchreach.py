@@ -57,10 +57,10 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
     def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: Any) -> None:
         """``shared_model``: step with this (identical) model instead of the one built from the XML.
 
-        Eight envs on one ``MjModel`` (8.5 MB, mostly collision meshes) instead of eight copies keep
-        it in cache: stepping is a few per cent faster and memory smaller. MuJoCo only reads the
-        model while stepping, so threads may share it. Not for rendering envs: ``render`` moves the
-        target's site in the model.
+        Several envs on one ``MjModel`` (8.5 MB, mostly collision meshes) instead of one copy each
+        keep it in cache: stepping is a few per cent faster and memory smaller. MuJoCo only reads
+        the model while stepping, so even threads could share it. Not for rendering envs:
+        ``render`` moves the target's site in the model.
         """
         self._shared_model = shared_model
         super().__init__(**kwargs)
