@@ -364,13 +364,12 @@ class ProcessVecEnv(VecEnv):
         return self._both("env_method", indices, method_name, method_args, method_kwargs)
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        """True for Monitor and TimeLimit, whose behaviour this VecEnv provides itself."""
+        """True for Monitor and TimeLimit, whose behaviour this VecEnv provides itself; False for
+        anything else (:func:`fetchrl.fetchreach.build_envs` never wraps an env)."""
         from gymnasium.wrappers import TimeLimit
         from stable_baselines3.common.monitor import Monitor
 
-        if wrapper_class in (Monitor, TimeLimit):
-            return [True] * len(list(self._get_indices(indices)))
-        return self._both("is_wrapped", indices, wrapper_class)
+        return [wrapper_class in (Monitor, TimeLimit)] * len(list(self._get_indices(indices)))
 
 
 def make_vec_env(env_id: str, n_envs: int, *, seed: int, n_procs: int | None = None,

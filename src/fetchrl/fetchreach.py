@@ -379,18 +379,6 @@ class EnvRows:
     def env_method(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], ks: Sequence[int]) -> list[Any]:
         return [self.envs[k].get_wrapper_attr(name)(*args, **kwargs) for k in ks]
 
-    def is_wrapped(self, wrapper_class: type, ks: Sequence[int]) -> list[bool]:
-        from gymnasium import Wrapper
-
-        def wrapped(env: Any) -> bool:
-            while isinstance(env, Wrapper):
-                if isinstance(env, wrapper_class):
-                    return True
-                env = env.env
-            return False
-
-        return [wrapped(self.envs[k]) for k in ks]
-
     def render(self) -> list[Any]:
         return [env.render() for env in self.envs]
 
