@@ -3,7 +3,7 @@
 Arms (same algorithm, same hyper-parameters, same seeds):
 - ``plain``: what the chapter does — ``sb3.make_vec_env("FetchReachDense-v4", n_envs=8)`` (DummyVecEnv of
   Monitor(gym.make)), ``PPO("MultiInputPolicy", ...)``, torch's default thread count.
-- ``fetchrl``: ``fetchrl.train.train`` with ``TrainConfig(fast_env=True)`` — the lean FetchReach step,
+- ``fetchrl``: ``fetchrl.pipeline.train.train`` with ``TrainConfig(fast_env=True)`` — the lean FetchReach step,
   the process-parallel VecEnv and ``fastenv.FAST_TORCH_THREADS`` torch threads.
 
 Every measurement runs in its own child process (clean peak RSS, clean torch state); arms alternate so
@@ -97,7 +97,8 @@ def _setup(arm: str, torch_threads: int, plain_same_threads: bool = False) -> No
     global _CHILD_MEMORY
     _CHILD_MEMORY = _ChildMemory()
     warnings.simplefilter("ignore")
-    from fetchrl import envs, fastenv
+    from fetchrl.tasks import envs
+    from fetchrl.vecenv import process as fastenv
 
     envs.register_envs()
     if arm == "fetchrl" or plain_same_threads:
@@ -122,9 +123,9 @@ def _plain_model(seed: int, total_steps: int) -> Any:
 
 
 def _fetchrl_model(seed: int, total_steps: int) -> Any:
-    """What fetchrl.train.train builds (envs.make_vec_env(fast=True) + train._new_model)."""
-    from fetchrl import envs
-    from fetchrl.train import _new_model
+    """What fetchrl.pipeline.train.train builds (envs.make_vec_env(fast=True) + train._new_model)."""
+    from fetchrl.pipeline.train import _new_model
+    from fetchrl.tasks import envs
 
     cfg = _config(seed, total_steps)
     env = envs.make_vec_env(cfg.env_id, cfg.n_envs, seed=seed, fast=True)
@@ -143,7 +144,7 @@ def _eval_seconds(arm: str, model: Any) -> float:
         env.close()
     else:
         from fetchrl.config import EvalConfig
-        from fetchrl.evaluate import SB3Policy, evaluate_policy
+        from fetchrl.pipeline.evaluate import SB3Policy, evaluate_policy
 
         evaluate_policy(ENV_ID, SB3Policy(model), EvalConfig(n_episodes=EVAL_EPISODES_TIMED), fast=True)
     return time.perf_counter() - t0
@@ -165,7 +166,7 @@ def job_breakdown(arm: str, seed: int, steps: int, torch_threads: int) -> dict[s
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from fetchrl import fastenv
+    from fetchrl.vecenv import process as fastenv
 
     cfg = _config(seed, steps)
     if arm == "plain+1thread":
@@ -175,7 +176,7 @@ def job_breakdown(arm: str, seed: int, steps: int, torch_threads: int) -> dict[s
     else:
         env = fastenv.make_vec_env(ENV_ID, cfg.n_envs, seed=seed)
     if arm == "fastppo":
-        from fetchrl.fastppo import FastPPO
+        from fetchrl.algos.fastppo import FastPPO
 
         model = FastPPO(cfg.policy, env, seed=seed, device="cpu", verbose=0, **cfg.ppo_kwargs())
     else:
@@ -187,7 +188,7 @@ def job_breakdown(arm: str, seed: int, steps: int, torch_threads: int) -> dict[s
 
 
 def job_throughput(arm: str, seed: int, steps: int, torch_threads: int) -> dict[str, Any]:
-    """Train ``steps`` steps; for fetchrl through ``fetchrl.train.train`` itself (its own clock)."""
+    """Train ``steps`` steps; for fetchrl through ``fetchrl.pipeline.train.train`` itself (its own clock)."""
     _setup(arm, torch_threads)
     if arm == "plain":
         model = _plain_model(seed, steps)
@@ -198,7 +199,7 @@ def job_throughput(arm: str, seed: int, steps: int, torch_threads: int) -> dict[
         from stable_baselines3 import PPO
 
         from fetchrl.artifacts import RunPaths
-        from fetchrl.train import train
+        from fetchrl.pipeline.train import train
 
         with tempfile.TemporaryDirectory() as tmp:
             paths = RunPaths(ENV_ID, seed, Path(tmp))
@@ -222,7 +223,7 @@ def _make_criteria_callback(arm: str, state: _CriteriaState, stop_at_criteria: b
     from stable_baselines3.common.callbacks import BaseCallback
 
     from fetchrl.config import Criteria, EvalConfig
-    from fetchrl.evaluate import SB3Policy, run_episodes
+    from fetchrl.pipeline.evaluate import SB3Policy, run_episodes
 
     crit = Criteria()
     seeds = EvalConfig(n_episodes=EVAL_EPISODES_CRITERIA).episode_seeds
@@ -274,10 +275,10 @@ def job_criteria(arm: str, seed: int, steps: int, torch_threads: int, stop_at_cr
 
 
 def job_default_run(arm: str, seed: int, steps: int, torch_threads: int) -> dict[str, Any]:
-    """fetchrl's default run (500k steps) through ``fetchrl.train.train``: wall time of training."""
+    """fetchrl's default run (500k steps) through ``fetchrl.pipeline.train.train``: wall time of training."""
     _setup(arm, torch_threads)
     from fetchrl.artifacts import RunPaths
-    from fetchrl.train import train
+    from fetchrl.pipeline.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         meta = train(_config(seed, steps), RunPaths(ENV_ID, seed, Path(tmp)), progress=False)
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(JOBS[spec.pop("job")](**spec)))
         return 0
 
-    from fetchrl import fastenv
+    from fetchrl.vecenv import process as fastenv
 
     threads = args.torch_threads or fastenv.FAST_TORCH_THREADS
     repeats = args.repeats or (1 if args.quick else 3)

@@ -20,8 +20,8 @@ TINY_EVAL = EvalConfig(n_episodes=6)
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
     """A real 2,048-step PPO run with its eval JSON, under a session temp dir. Do not modify it."""
-    from fetchrl.evaluate import evaluate
-    from fetchrl.train import train
+    from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.pipeline.train import train
 
     root = tmp_path_factory.mktemp("tiny_run")
     paths = RunPaths(TINY.env_id, TINY.seed, root)

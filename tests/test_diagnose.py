@@ -1,4 +1,4 @@
-"""fetchrl.diagnose and fetchrl.tbreader: the chapter's warning signs as numeric tests.
+"""fetchrl.analysis.diagnose and fetchrl.analysis.tbreader: the chapter's warning signs as numeric tests.
 
 Synthetic event files (written with TensorBoard's writer through torch.utils.tensorboard) pin each
 rule's thresholds and borderline cases; real short training runs check that a healthy run stays
@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fetchrl import diagnose, metrics
+from fetchrl import metrics
+from fetchrl.analysis import diagnose
+from fetchrl.analysis.tbreader import read_scalars
 from fetchrl.artifacts import RunPaths
 from fetchrl.config import TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.tbreader import read_scalars
 
 N = 10
 STEPS = [1024 * (i + 1) for i in range(N)]
@@ -265,7 +266,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_small(root: Path, **changes: Any) -> Path:
-    from fetchrl.train import train
+    from fetchrl.pipeline.train import train
 
     config = TrainConfig(**{**SMALL, **changes})
     paths = RunPaths(config.env_id, config.seed, root=root)
@@ -280,7 +281,7 @@ def train_sb3_wrapped(logdir: Path, wrapper: Callable[[Any], Any] | None = None,
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.logger import configure
 
-    from fetchrl import envs
+    from fetchrl.tasks import envs
 
     config = TrainConfig(**{**SMALL, "total_steps": 2048, "n_steps": 128, **changes})
 

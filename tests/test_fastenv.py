@@ -1,4 +1,4 @@
-"""fetchrl.fastenv gives the very numbers of the stock Gymnasium-Robotics / SB3 path.
+"""fetchrl.vecenv.process gives the very numbers of the stock Gymnasium-Robotics / SB3 path.
 
 - FastFetchReachEnv vs gym.make("FetchReach[Dense]-v4"): observations, rewards, is_success,
   terminated/truncated (truncation at step 50) over many random episodes, within 1e-6 (in fact equal).
@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fetchrl import envs, fastenv
+from fetchrl.tasks import envs
+from fetchrl.vecenv import process as fastenv
 
 ATOL = 1e-6
 
@@ -226,7 +227,7 @@ def test_env_worker_exits_when_its_parent_dies(tmp_path: Path) -> None:
     import sys
     import time
 
-    script = ("from fetchrl import fastenv; import time, sys\n"
+    script = ("from fetchrl.vecenv import process as fastenv; import time, sys\n"
               "vec = fastenv.make_vec_env('FetchReachDense-v4', 2, seed=0, n_procs=2)\n"
               "print(vec._worker.pid, flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -249,7 +250,7 @@ def test_env_worker_exits_when_its_parent_dies(tmp_path: Path) -> None:
 
 
 def test_process_vec_env_state_round_trip_replays_exactly() -> None:
-    """get_state/set_state (used by fetchrl.resume for bit-exact resume) replay the same stream."""
+    """get_state/set_state (used by fetchrl.pipeline.resume for bit-exact resume) replay the same stream."""
     import pickle
 
     vec = fastenv.make_vec_env("FetchReachDense-v4", 4, seed=1, n_procs=2)

@@ -1,4 +1,4 @@
-"""fetchrl.fastppo.FastPPO is SB3's PPO: identical rollouts, logs, weights and optimiser state.
+"""fetchrl.algos.fastppo.FastPPO is SB3's PPO: identical rollouts, logs, weights and optimiser state.
 
 Each test trains SB3's ``PPO`` and ``FastPPO`` side by side from the same seed (real envs, real
 updates, short runs) and demands exact equality — ``torch.equal`` / ``np.array_equal``, not a
@@ -18,8 +18,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
-from fetchrl import envs, fastenv
-from fetchrl.fastppo import FastPPO, LeanPolicy
+from fetchrl.algos.fastppo import FastPPO, LeanPolicy
+from fetchrl.tasks import envs
+from fetchrl.vecenv import process as fastenv
 
 ENV_ID = "FetchReachDense-v4"
 #: Small but complete: 8 envs, rollouts of 128 steps (each crosses two 50-step truncations),

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fetchrl.analysis.html_report import write_html_report
 from fetchrl.artifacts import EvalResult, RunPaths, TrainMeta
 from fetchrl.config import EvalConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.html_report import write_html_report
-from fetchrl.report import criteria_table
+from fetchrl.pipeline.report import criteria_table
 
 CRITERIA = ("success rate", "mean return", "final distance (m)")
 
@@ -42,7 +42,7 @@ class _Collector(HTMLParser):
 
 
 class _Diagnosis:
-    """Stands in for fetchrl.diagnose.Diagnosis: only ``to_dict()`` is used by the report."""
+    """Stands in for fetchrl.analysis.diagnose.Diagnosis: only ``to_dict()`` is used by the report."""
 
     def __init__(self, findings: list[dict[str, Any]], healthy: bool) -> None:
         self._d = {"findings": findings, "healthy": healthy}
@@ -68,7 +68,7 @@ def result(run: RunPaths) -> EvalResult:
 
 @pytest.fixture(scope="module")
 def baselines(result: EvalResult) -> list[EvalResult]:
-    from fetchrl.evaluate import baseline_results
+    from fetchrl.pipeline.evaluate import baseline_results
 
     return baseline_results(result.env_id, EvalConfig(n_episodes=3, seed_offset=result.seeds[0]))
 
@@ -190,8 +190,8 @@ def test_full_run_end_to_end(run: RunPaths, result: EvalResult, baselines: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fetchrl.diagnose import diagnose
-    from fetchrl.video import record_video
+    from fetchrl.analysis.diagnose import diagnose
+    from fetchrl.analysis.video import record_video
 
     gif = record_video(run, episodes=1, width=160, height=120)[0]
     fig, ax = plt.subplots(figsize=(3, 2))

@@ -89,7 +89,7 @@ def test_final_distance_is_the_terminal_observation_and_success_the_last_info(ti
     import gymnasium as gym
     import stable_baselines3 as sb3
 
-    from fetchrl.envs import register_envs
+    from fetchrl.tasks.envs import register_envs
 
     register_envs()
     row = EvalResult.from_json(tiny_run.eval_json).per_episode[0]
@@ -141,8 +141,8 @@ def test_report_exit_code_follows_the_three_criteria(tmp_path: Path, successes: 
 
 def test_zero_action_baseline_passes_the_return_criterion_alone() -> None:
     """The chapter's return criterion does not discriminate: a motionless arm scores about -7."""
-    from fetchrl.evaluate import baseline_results
-    from fetchrl.report import check_criteria
+    from fetchrl.pipeline.evaluate import baseline_results
+    from fetchrl.pipeline.report import check_criteria
 
     random_res, zero_res = baseline_results("FetchReachDense-v4", EvalConfig(n_episodes=20))
     zero = {c.key: c for c in check_criteria(zero_res)}
@@ -152,8 +152,8 @@ def test_zero_action_baseline_passes_the_return_criterion_alone() -> None:
 
 
 def test_eval_is_deterministic_for_a_checkpoint(tiny_run: RunPaths) -> None:
-    from fetchrl.checkpoints import load_model
-    from fetchrl.evaluate import SB3Policy, evaluate_policy
+    from fetchrl.pipeline.checkpoints import load_model
+    from fetchrl.pipeline.evaluate import SB3Policy, evaluate_policy
 
     model = load_model(tiny_run)
     a = evaluate_policy(tiny_run.env_id, SB3Policy(model), TINY_EVAL)

@@ -1,4 +1,4 @@
-"""fetchrl.plots: bootstrap band math, step-grid interpolation, and the three figures written as PNGs."""
+"""fetchrl.analysis.plots: bootstrap band math, step-grid interpolation, and the three figures written as PNGs."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fetchrl import metrics, plots
+from fetchrl import metrics
+from fetchrl.analysis import plots
+from fetchrl.analysis.tbreader import Series
 from fetchrl.artifacts import RunPaths, ablation_plot_path, multi_seed_plot_path
 from fetchrl.config import TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.tbreader import Series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,7 +84,7 @@ def test_common_grid_interpolates_on_the_overlap() -> None:
 
 
 def test_plot_run_from_a_real_training_run(tmp_path: Path, one_torch_thread: None) -> None:
-    from fetchrl.train import train
+    from fetchrl.pipeline.train import train
 
     config = TrainConfig(total_steps=2048, n_envs=2, n_steps=128, batch_size=64, seed=0)
     paths = RunPaths(config.env_id, config.seed, root=tmp_path)

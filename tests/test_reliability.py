@@ -36,15 +36,15 @@ from typing import Any
 import pytest
 import torch
 
-from fetchrl import envs
 from fetchrl.artifacts import EvalResult, RunPaths, TrainMeta, atomic_path, collect_versions, read_json
-from fetchrl.callbacks import StopFlagCallback
-from fetchrl.checkpoints import load_for_resume, load_model
 from fetchrl.cli import main
 from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.resume import META_MEMBER, STATE_MEMBER, truncate_event_files
-from fetchrl.train import TrainingInterrupted, train, train_or_resume
+from fetchrl.pipeline.callbacks import StopFlagCallback
+from fetchrl.pipeline.checkpoints import load_for_resume, load_model
+from fetchrl.pipeline.resume import META_MEMBER, STATE_MEMBER, truncate_event_files
+from fetchrl.pipeline.train import TrainingInterrupted, train, train_or_resume
+from fetchrl.tasks import envs
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ch02_ppo_dense_reach.py"
@@ -194,7 +194,7 @@ class _SignalAt(StopFlagCallback):
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, steps: int, sig: int = signal.SIGINT) -> None:
     monkeypatch.setattr(_SignalAt, "at", steps)
     monkeypatch.setattr(_SignalAt, "sig", sig)
-    monkeypatch.setattr("fetchrl.train.StopFlagCallback", _SignalAt)
+    monkeypatch.setattr("fetchrl.pipeline.train.StopFlagCallback", _SignalAt)
 
 
 # ============================================================================ interrupt and resume
@@ -252,7 +252,7 @@ class _Resumable:
     def wrap(env: Any) -> Any:
         import gymnasium as gym
 
-        from fetchrl.resume import capture_env, restore_env
+        from fetchrl.pipeline.resume import capture_env, restore_env
 
         class Resumable(gym.Wrapper):  # type: ignore[type-arg]
             def get_resume_state(self) -> dict[str, Any]:
@@ -278,7 +278,7 @@ def test_env_state_round_trips_into_a_fresh_vec_env(kind: str) -> None:
     autoreset with a new goal included) are bit-identical."""
     import numpy as np
 
-    from fetchrl.resume import capture_vec_env, restore_vec_env
+    from fetchrl.pipeline.resume import capture_vec_env, restore_vec_env
 
     rng = np.random.default_rng(0)
     actions = rng.uniform(-1, 1, size=(90, 2, 4)).astype(np.float32)
@@ -385,7 +385,7 @@ def test_sigint_stops_the_all_command(tmp_path: Path) -> None:
 
 
 def test_a_second_signal_raises_system_exit_at_once() -> None:
-    from fetchrl.train import StopRequest
+    from fetchrl.pipeline.train import StopRequest
 
     stop = StopRequest()
     stop._handle(signal.SIGINT, None)
@@ -435,7 +435,7 @@ def test_resume_refuses_a_mismatched_checkpoint_unless_forced(
     try:
         with pytest.raises(FetchRLError, match=r"refusing to resume .*seed0\.zip: clip_range 0\.2 != 0\.3 .*--force"):
             load_for_resume(more.replace(clip_range=0.3), paths, env)
-        monkeypatch.setattr("fetchrl.checkpoints.collect_versions", lambda: {**collect_versions(), "mujoco": "9.9.9"})
+        monkeypatch.setattr("fetchrl.pipeline.checkpoints.collect_versions", lambda: {**collect_versions(), "mujoco": "9.9.9"})
         with pytest.raises(FetchRLError, match=r"mujoco 3\.11\.0 != 9\.9\.9"):
             load_for_resume(more, paths, env)
         monkeypatch.undo()
@@ -604,7 +604,7 @@ def test_a_checkpoint_of_another_task_is_refused(reference: RunPaths, tmp_path: 
 
 # ============================================================================ determinism
 def test_eval_json_repeats_bit_for_bit(reference: RunPaths, tmp_path: Path) -> None:
-    from fetchrl.evaluate import evaluate
+    from fetchrl.pipeline.evaluate import evaluate
 
     paths = _copy_run(reference, tmp_path)
     runs = []
@@ -628,8 +628,8 @@ def test_deterministic_training_repeats_bit_for_bit(reference: RunPaths, tmp_pat
 # ============================================================================ sweeps
 def test_a_resumed_sweep_does_not_retrain_complete_seeds(reference: RunPaths, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from fetchrl import sweep
-    from fetchrl.evaluate import evaluate
+    from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.sweep import core as sweep
 
     eval_config = EvalConfig(n_episodes=2, n_envs=2)
     done = _copy_run(reference, tmp_path)
@@ -656,7 +656,7 @@ def test_a_resumed_sweep_does_not_retrain_complete_seeds(reference: RunPaths, tm
 
 def test_train_or_resume_reuses_complete_and_resumes_interrupted_runs(
         reference: RunPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a rerun multi-seed / ablate calls per trial (fetchrl.train.train_or_resume)."""
+    """What a rerun multi-seed / ablate calls per trial (fetchrl.pipeline.train.train_or_resume)."""
     done = _copy_run(reference, tmp_path / "done")
     stamp = done.checkpoint.stat().st_mtime_ns
     assert train_or_resume(SMALL, done).complete

@@ -16,7 +16,7 @@ import pytest
 
 from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.sweep import (
+from fetchrl.sweep.core import (
     FAIL_TRIAL_ENV,
     SweepPlan,
     SweepProgress,
@@ -275,7 +275,7 @@ def test_ray_task_body_forwards_the_driver_env_and_restores_the_worker_env(
     """The task body runs without Ray; a reused Ray worker must not keep one sweep's FETCHRL_* variables."""
     import torch
 
-    from fetchrl.sweep_ray import run_trial_task
+    from fetchrl.sweep.ray_backend import run_trial_task
 
     trial = _plan(tmp_path).trials()[0]
     monkeypatch.setenv("FETCHRL_ENV_THREADS", "7")

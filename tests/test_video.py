@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fetchrl import envs, video
+from fetchrl.analysis import video
 from fetchrl.artifacts import RunPaths
 from fetchrl.config import EvalConfig
 from fetchrl.errors import FetchRLError
+from fetchrl.tasks import envs
 
 WIDTH, HEIGHT = 320, 240
 STEPS = 50  # Fetch truncates every episode at 50 steps
@@ -51,7 +52,7 @@ def _gif_frames(path: Path) -> tuple[list[np.ndarray], list[int], int | None]:
 
 
 def _raw_reset_frame(env_id: str, seed: int) -> np.ndarray:
-    from fetchrl import envs
+    from fetchrl.tasks import envs
 
     env = envs.make_env(env_id, render_mode="rgb_array", fast=True, width=WIDTH, height=HEIGHT)
     try:
@@ -141,7 +142,7 @@ def test_broken_gl_is_one_line_error_not_traceback(run: RunPaths, tmp_path: Path
         from pathlib import Path
         from fetchrl.artifacts import RunPaths
         from fetchrl.errors import FetchRLError
-        from fetchrl.video import record_video
+        from fetchrl.analysis.video import record_video
         try:
             record_video(RunPaths({run.env_id!r}, {run.seed}, Path({str(run.root)!r})), episodes=1)
         except FetchRLError as err:

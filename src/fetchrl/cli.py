@@ -144,15 +144,15 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
 
 # ============================================================================ handlers
 def cmd_check_env(args: argparse.Namespace) -> int:
-    from fetchrl import checkenv
+    from fetchrl.tasks import checkenv
 
     ok = checkenv.print_checks(args.env_id, checkenv.run_checks(args.env_id, fast=not args.reference_env))
     return 0 if ok else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fetchrl import checkenv
-    from fetchrl.train import train
+    from fetchrl.pipeline.train import train
+    from fetchrl.tasks import checkenv
 
     config = _train_config(args)
     if not checkenv.print_checks(config.env_id, checkenv.run_checks(config.env_id, fast=config.fast_env)):
@@ -166,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fetchrl.evaluate import evaluate
+    from fetchrl.pipeline.evaluate import evaluate
 
     paths = _paths(args)
     result = evaluate(paths, _eval_config(args), device=args.device, fast=not args.reference_env,
@@ -180,20 +180,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline import report
+    from fetchrl.pipeline.commands import report
 
     return report(_paths(args), fast=not args.reference_env)
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline import run_all
+    from fetchrl.pipeline.commands import run_all
 
     return run_all(_train_config(args), _eval_config(args), _paths(args), progress=not args.no_progress,
                    video=not args.no_video, resume=args.resume)
 
 
 def cmd_multi_seed(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline import multi_seed
+    from fetchrl.pipeline.commands import multi_seed
 
     return multi_seed(_train_config(args), _eval_config(args), list(range(args.seeds)), args.root,
                       backend=args.backend, workers=args.workers, ray_address=args.ray_address,
@@ -201,7 +201,7 @@ def cmd_multi_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline import ablate
+    from fetchrl.pipeline.commands import ablate
 
     return ablate(_train_config(args), _eval_config(args), list(range(args.seeds)), args.clip_ranges, args.root,
                   backend=args.backend, workers=args.workers, ray_address=args.ray_address,
@@ -209,8 +209,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline import sweep
-    from fetchrl.sweep import parse_grid
+    from fetchrl.pipeline.commands import sweep
+    from fetchrl.sweep.core import parse_grid
 
     return sweep(args.name, _train_config(args), _eval_config(args), list(range(args.seeds)), parse_grid(args.grid),
                  args.root, backend=args.backend, workers=args.workers, ray_address=args.ray_address,
@@ -218,19 +218,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from fetchrl.diagnose import run_diagnose_cli
+    from fetchrl.analysis.diagnose import run_diagnose_cli
 
     return run_diagnose_cli(args.logdir or _paths(args).tb_dir, args.json)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline import plot
+    from fetchrl.pipeline.commands import plot
 
     return plot(_paths(args), seeds=args.seeds)
 
 
 def cmd_video(args: argparse.Namespace) -> int:
-    from fetchrl.video import record_video
+    from fetchrl.analysis.video import record_video
 
     out = record_video(_paths(args), episodes=args.episodes, device=args.device)
     print(f"video: {', '.join(str(p) for p in out)}")
@@ -300,7 +300,7 @@ def _preflight(args: argparse.Namespace) -> None:
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise FetchRLError(f"--root {args.root} cannot hold output: {existing} is not a writable directory")
     if args.command in _ENV_COMMANDS:
-        from fetchrl import envs
+        from fetchrl.tasks import envs
 
         # MuJoCo picks its GL backend when first imported: choose EGL on a headless machine before that,
         # so `all` and `video` can render offscreen.

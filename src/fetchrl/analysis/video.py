@@ -1,11 +1,11 @@
 """A video of the trained policy, with the live distance to the goal drawn on every frame.
 
-The episodes follow the evaluation protocol (:mod:`fetchrl.evaluate`): the policy's mean action
+The episodes follow the evaluation protocol (:mod:`fetchrl.pipeline.evaluate`): the policy's mean action
 (``deterministic=True``) and reset seeds from :class:`~fetchrl.config.EvalConfig`'s documented list,
 so the video shows the first evaluation episodes. Fetch never terminates: every episode is
 *truncated* at 50 steps, so an episode is 51 frames (the reset frame, then one per step).
 
-Frames are rendered offscreen: without a display :func:`fetchrl.envs.ensure_render_backend` sets
+Frames are rendered offscreen: without a display :func:`fetchrl.tasks.envs.ensure_render_backend` sets
 ``MUJOCO_GL=egl``, which runs on the CPU through Mesa (llvmpipe) when there is no GPU.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fetchrl import envs
 from fetchrl.artifacts import RunPaths, atomic_path
 from fetchrl.config import EvalConfig
 from fetchrl.errors import FetchRLError
+from fetchrl.tasks import envs
 
 #: Milliseconds the last frame of each episode stays on screen, so the final distance can be read.
 HOLD_LAST_FRAME_MS = 800
@@ -220,7 +220,7 @@ class Clip:
 
 
 def _record_episodes(env: Any, model: Any, seeds: list[int], *, fps: int, width: int, height: int) -> Clip:
-    from fetchrl.evaluate import SB3Policy
+    from fetchrl.pipeline.evaluate import SB3Policy
 
     policy = SB3Policy(model, deterministic=True)
     max_steps = int(getattr(env.spec, "max_episode_steps", None) or _DEFAULT_MAX_STEPS)
@@ -336,7 +336,7 @@ def record_video(paths: RunPaths, *, episodes: int = 5, device: str = "cpu", fps
     Raises:
         FetchRLError: missing/corrupt checkpoint, bad argument, or offscreen rendering impossible.
     """
-    from fetchrl.checkpoints import load_model
+    from fetchrl.pipeline.checkpoints import load_model
 
     _check_args(episodes, fps, width, height, seed_offset)
     offset = EvalConfig().seed_offset if seed_offset is None else seed_offset

@@ -1,17 +1,17 @@
 """Fast, bit-compatible FetchReach for SB3: the lean env behind gym's wrappers, and a vector env
 that steps its envs in two processes.
 
-- :func:`make` — :class:`fetchrl.fetchreach.FastFetchReachEnv` (cached addresses, the stock
+- :func:`make` — :class:`fetchrl.tasks.fetchreach.FastFetchReachEnv` (cached addresses, the stock
   arithmetic) behind ``gym.make``'s usual wrappers.
 - :class:`ProcessVecEnv` — an SB3 ``VecEnv`` stepping half its envs in this process and half in a
   worker process, in lockstep through shared memory. ``step_async`` returns at once, so the caller
-  can work while the physics runs (:class:`fetchrl.fastppo.FastPPO` does). It folds in the
+  can work while the physics runs (:class:`fetchrl.algos.fastppo.FastPPO` does). It folds in the
   bookkeeping of ``TimeLimit`` (Fetch never terminates; every episode is *truncated* at 50 steps)
   and SB3's ``Monitor`` (``info["episode"]``), and returns exactly what
   ``DummyVecEnv(Monitor(gym.make(id)))`` returns for the same seed: observations, float32
   rewards, dones, ``TimeLimit.truncated``, ``terminal_observation`` and ``is_success``.
 
-Both are proven equal to the stock path by ``tests/test_fastenv.py``. ``fetchrl.envs`` calls
+Both are proven equal to the stock path by ``tests/test_fastenv.py``. ``fetchrl.tasks.envs`` calls
 :func:`make` and :func:`make_vec_env` for ids in :data:`FAST_ENV_IDS`.
 """
 
@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
 from fetchrl.config import ENV_THREADS_VAR
-from fetchrl.fetchreach import (
+from fetchrl.tasks.fetchreach import (
     CALL,
     CLOSE,
     FAST_ENV_IDS,
@@ -62,7 +62,7 @@ def _register(env_id: str) -> str:
     if fast_id not in gym.registry:
         gym.register(
             id=fast_id,
-            entry_point="fetchrl.fetchreach:FastFetchReachEnv",
+            entry_point="fetchrl.tasks.fetchreach:FastFetchReachEnv",
             kwargs={"reward_type": REWARD_TYPES[env_id]},
             max_episode_steps=MAX_EPISODE_STEPS,
         )
@@ -125,7 +125,7 @@ class ProcessVecEnv(VecEnv):
     identical to ``DummyVecEnv(Monitor(gym.make(env_id)))``.
 
     Envs ``0 .. n_local - 1`` are stepped here, by whichever thread calls ``step_help`` or
-    ``step_wait``; the others by a worker process (:func:`fetchrl.fetchreach.serve`), in lockstep:
+    ``step_wait``; the others by a worker process (:func:`fetchrl.tasks.fetchreach.serve`), in lockstep:
     ``step_async`` writes the actions to shared memory and wakes the worker, which writes its rows
     of the results (observations, rewards, dones, the ``infos``' fields) to the same shared memory.
     A process, not a thread: MuJoCo releases the GIL inside ``mj_step``, but every Python line of an
@@ -256,7 +256,7 @@ class ProcessVecEnv(VecEnv):
 
     def step_help(self) -> None:
         """Step this process's envs now (the caller then works while the worker finishes); errors
-        are raised by ``step_wait``. ``fetchrl.fastppo.FastPPO`` calls it right after ``step_async``."""
+        are raised by ``step_wait``. ``fetchrl.algos.fastppo.FastPPO`` calls it right after ``step_async``."""
         if not self._in_flight:
             raise RuntimeError("step_help called without step_async")
         self._step_local()
@@ -325,7 +325,7 @@ class ProcessVecEnv(VecEnv):
             _OPEN.discard(self)
         self._local.close()
 
-    # ------------------------------------------------------------------ resume (fetchrl.resume, kind "vec")
+    # ------------------------------------------------------------------ resume (fetchrl.pipeline.resume, kind "vec")
     def get_state(self) -> list[dict[str, Any]]:
         """Picklable copies of everything that decides the next steps, per env (see ``EnvRows.get_state``)."""
         self._finish_step()
@@ -365,7 +365,7 @@ class ProcessVecEnv(VecEnv):
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         """True for Monitor and TimeLimit, whose behaviour this VecEnv provides itself; False for
-        anything else (:func:`fetchrl.fetchreach.build_envs` never wraps an env)."""
+        anything else (:func:`fetchrl.tasks.fetchreach.build_envs` never wraps an env)."""
         from gymnasium.wrappers import TimeLimit
         from stable_baselines3.common.monitor import Monitor
 

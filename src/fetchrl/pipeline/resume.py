@@ -23,7 +23,7 @@ step and saves that boundary; the partial rollout is lost and redone on resume.
 Environment state is captured from (first match wins):
 
 1. a VecEnv with ``get_state()`` / ``set_state(state)`` methods (opaque, picklable state), such as
-   :class:`fetchrl.fastenv.ProcessVecEnv` (the default, fast path);
+   :class:`fetchrl.vecenv.process.ProcessVecEnv` (the default, fast path);
 2. a VecEnv whose envs answer ``env_method("get_resume_state")`` / ``("set_resume_state", s)``;
 3. SB3's ``DummyVecEnv`` of ``Monitor(TimeLimit(...(MuJoCo env)))`` — walked here, wrapper by wrapper.
 

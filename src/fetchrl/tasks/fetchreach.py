@@ -1,6 +1,6 @@
 """The lean FetchReach env and the per-env bookkeeping of fetchrl's VecEnv — no torch, no SB3.
 
-This module is what an env worker process imports (``fetchrl.fastenv`` starts one): it loads in a
+This module is what an env worker process imports (``fetchrl.vecenv.process`` starts one): it loads in a
 quarter of a second and ~60 MB, where anything importing SB3 pulls in torch (1 s, 220 MB).
 
 - :class:`FastFetchReachEnv` — Gymnasium-Robotics' ``MujocoFetchReachEnv`` with the per-step
@@ -339,7 +339,7 @@ class EnvRows:
             infos.append(info)
         return infos
 
-    # ------------------------------------------------------------------ resume (fetchrl.resume, kind "vec")
+    # ------------------------------------------------------------------ resume (fetchrl.pipeline.resume, kind "vec")
     def get_state(self) -> list[dict[str, Any]]:
         """Picklable copies of everything that decides the next steps, per env: MuJoCo's integration
         state, the goal, the env's and action space's RNG states and the TimeLimit/Monitor counters."""

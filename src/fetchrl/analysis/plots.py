@@ -1,6 +1,6 @@
 """PNG figures of the chapter's six TensorBoard curves: one run, several seeds, an ablation.
 
-Reads event files only (via :mod:`fetchrl.tbreader`) and writes each PNG atomically. Figures are
+Reads event files only (via :mod:`fetchrl.analysis.tbreader`) and writes each PNG atomically. Figures are
 built on ``matplotlib.figure.Figure`` and rendered by the Agg canvas, so nothing here touches pyplot's
 global state or needs a display.
 
@@ -9,7 +9,7 @@ seeds cover), then the mean is drawn with a 95 % percentile-bootstrap confidence
 resampled with replacement (``BOOTSTRAP_REPS`` times, fixed RNG seed) and the mean recomputed.
 With one seed there is no band. Final evaluation scores, when given, get an extra row: the
 interquartile mean (IQM) with its 95 % stratified-bootstrap CI from rliable
-(``fetchrl.stats.rliable_summary``), beside every seed's score.
+(``fetchrl.analysis.stats.rliable_summary``), beside every seed's score.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-from fetchrl import diagnose, metrics
+from fetchrl import metrics
+from fetchrl.analysis import diagnose
+from fetchrl.analysis.tbreader import Series, read_scalars
 from fetchrl.artifacts import atomic_path
 from fetchrl.errors import FetchRLError
-from fetchrl.tbreader import Series, read_scalars
 
 BOOTSTRAP_REPS: Final = 1000
 GRID_POINTS: Final = 200
@@ -47,7 +48,7 @@ HEALTHY_BAND: Final = {
     metrics.APPROX_KL: (0.0, diagnose.APPROX_KL_HEALTHY),
     metrics.CLIP_FRACTION: diagnose.CLIP_FRACTION_HEALTHY,
 }
-#: fetchrl.diagnose's warning thresholds — dashed red lines.
+#: fetchrl.analysis.diagnose's warning thresholds — dashed red lines.
 WARNING_LINE: Final = {
     metrics.APPROX_KL: diagnose.APPROX_KL_HIGH,
     metrics.CLIP_FRACTION: diagnose.CLIP_FRACTION_SATURATED,
@@ -172,7 +173,7 @@ def _read_all(logdirs: Sequence[Path]) -> list[dict[str, Series]]:
 
 def _final_scores_row(axes: Sequence[Axes], final_scores: Mapping[str, Sequence[float]]) -> None:
     """One panel per metric: every seed's score, the IQM and its 95 % stratified-bootstrap CI."""
-    from fetchrl.stats import rliable_summary
+    from fetchrl.analysis.stats import rliable_summary
 
     summary = rliable_summary(final_scores)
     for ax, (name, scores) in zip(axes, final_scores.items(), strict=False):

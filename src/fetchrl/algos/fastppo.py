@@ -8,7 +8,7 @@
   the physics of step ``t + 1``: after the callbacks of step ``t`` it calls ``env.step_async`` for
   ``t + 1``, then finishes ``t``; the critic's values and the log-probabilities of step ``t + 1``
   are computed after its ``step_async`` too (they are not needed to act).
-  :class:`fetchrl.fastenv.ProcessVecEnv` steps half the envs in a worker process, so the two run
+  :class:`fetchrl.vecenv.process.ProcessVecEnv` steps half the envs in a worker process, so the two run
   at once; on any other VecEnv the order is merely different, never the result.
 - :meth:`FastPPO.train` flattens the rollout buffer into tensors once per update instead of once
   per minibatch, evaluates actions with the same ``F.linear`` path (``Normal``'s log-prob and

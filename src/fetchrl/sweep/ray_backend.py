@@ -1,11 +1,11 @@
 """The Ray backend of the sweep layer: one Ray task per trial, on a local instance or a cluster.
 
 Ray is an optional extra (``pip install '.[ray]'``). :func:`make_ray_runner` returns a
-:data:`fetchrl.sweep.Runner`; ``run_trials(..., backend="ray", ray_address=...)`` calls it.
+:data:`fetchrl.sweep.core.Runner`; ``run_trials(..., backend="ray", ray_address=...)`` calls it.
 
 Where artifacts land — always on the driver:
   Each task trains and evaluates in a temporary directory on its own node (through the very
-  function the local backend runs, :func:`fetchrl.sweep._run_trial_in_worker`), then returns every
+  function the local backend runs, :func:`fetchrl.sweep.core._run_trial_in_worker`), then returns every
   file the trial wrote — checkpoint zip, meta JSON, TensorBoard events, eval JSON — as bytes. The
   driver writes them under the trial's root, atomically, meta and eval JSON last (they vouch for
   the rest). So a cluster needs no shared filesystem, a relative ``--root`` means the driver's
@@ -37,7 +37,7 @@ from typing import Any
 
 from fetchrl.artifacts import atomic_write_bytes, read_json, write_json
 from fetchrl.errors import FetchRLError
-from fetchrl.sweep import (
+from fetchrl.sweep.core import (
     Runner,
     SweepProgress,
     Trial,

@@ -24,7 +24,7 @@ ROBUST_SUCCESS_STD = 0.05
 
 
 def _diagnosis_or_none(paths: RunPaths) -> Any | None:
-    from fetchrl.diagnose import diagnose_run
+    from fetchrl.analysis.diagnose import diagnose_run
 
     try:
         return diagnose_run(paths)
@@ -43,7 +43,7 @@ def _plot_or_none(plot_fn: Any, *args: Any, **kwargs: Any) -> Path | None:
 
 
 def _baselines(result: EvalResult, fast: bool) -> list[EvalResult]:
-    from fetchrl.evaluate import baseline_results
+    from fetchrl.pipeline.evaluate import baseline_results
 
     eval_config = EvalConfig(n_episodes=result.n_episodes, seed_offset=result.seeds[0])
     return baseline_results(result.env_id, eval_config, fast=fast)
@@ -52,7 +52,7 @@ def _baselines(result: EvalResult, fast: bool) -> list[EvalResult]:
 def report(paths: RunPaths, *, fast: bool = True, diagnosis: Any | None = None,
            baselines: list[EvalResult] | None = None) -> int:
     """Criteria table (trained vs random vs zero-action), diagnosis; writes the report markdown."""
-    from fetchrl.report import print_criteria, write_report
+    from fetchrl.pipeline.report import print_criteria, write_report
 
     result = EvalResult.from_json(paths.eval_json)
     if result.env_id != paths.env_id:
@@ -70,11 +70,11 @@ def report(paths: RunPaths, *, fast: bool = True, diagnosis: Any | None = None,
 def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, progress: bool = True,
             video: bool = True, resume: bool = False) -> int:
     """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report."""
-    from fetchrl import checkenv
-    from fetchrl.evaluate import evaluate
-    from fetchrl.html_report import write_html_report
-    from fetchrl.plots import plot_run
-    from fetchrl.train import train
+    from fetchrl.analysis.html_report import write_html_report
+    from fetchrl.analysis.plots import plot_run
+    from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.pipeline.train import train
+    from fetchrl.tasks import checkenv
 
     if not checkenv.print_checks(config.env_id, checkenv.run_checks(config.env_id, fast=config.fast_env)):
         raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
@@ -89,7 +89,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     curves = _plot_or_none(plot_run, paths.tb_dir, paths.curves_png)
     gif = None
     if video:
-        from fetchrl.video import record_video
+        from fetchrl.analysis.video import record_video
 
         gif = record_video(paths, device=config.device)[0]
     html = write_html_report(paths, result=result, baselines=baselines, meta=meta, diagnosis=diagnosis,
@@ -102,7 +102,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
 def _run_plan(plan: Any, *, backend: str, workers: int | None, ray_address: str | None,
               progress: bool) -> dict[str, list[int]]:
     """Run a SweepPlan; returns the failed seeds per configuration tag."""
-    from fetchrl.sweep import run_trials
+    from fetchrl.sweep.core import run_trials
 
     outcomes = run_trials(plan.trials(), backend=backend, workers=workers, ray_address=ray_address,
                           progress=progress)
@@ -134,8 +134,8 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
                backend: str = "local", workers: int | None = None, ray_address: str | None = None,
                progress: bool = True) -> int:
     """Exercise 2.2: seeds in parallel, aggregate from the eval JSONs, chapter's robustness verdict."""
-    from fetchrl.plots import plot_multi_seed
-    from fetchrl.sweep import SEED_METRICS, SweepPlan
+    from fetchrl.analysis.plots import plot_multi_seed
+    from fetchrl.sweep.core import SEED_METRICS, SweepPlan
 
     plan = SweepPlan("multi_seed", config, eval_config, list(seeds), {"default": {}}, root)
     failed = _run_plan(plan, backend=backend, workers=workers, ray_address=ray_address, progress=progress)
@@ -159,8 +159,8 @@ def _training_means(logdirs: list[Path]) -> dict[str, float]:
     import numpy as np
 
     from fetchrl import metrics
-    from fetchrl.diagnose import APPROX_KL_HEALTHY
-    from fetchrl.tbreader import read_scalars
+    from fetchrl.analysis.diagnose import APPROX_KL_HEALTHY
+    from fetchrl.analysis.tbreader import read_scalars
 
     kl: list[float] = []
     clip: list[float] = []
@@ -234,7 +234,7 @@ def _print_settings(title: str, settings: list[SettingSummary]) -> None:
 
 def _run_grid(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
               grid: dict[str, list[Any]], root: Path, **kw: Any) -> tuple[Any, list[SettingSummary], bool]:
-    from fetchrl.sweep import grid_plan
+    from fetchrl.sweep.core import grid_plan
 
     plan = grid_plan(name, config, eval_config, seeds, grid, root)
     failed = _run_plan(plan, **kw)
@@ -244,7 +244,7 @@ def _run_grid(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Se
 def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], clip_ranges: Sequence[float],
            root: Path, **kw: Any) -> int:
     """Exercise 2.4: every clip_range x seeds; answers the exercise's three questions."""
-    from fetchrl.plots import plot_ablation
+    from fetchrl.analysis.plots import plot_ablation
 
     grid = {"clip_range": list(clip_ranges)}
     plan, settings, any_failed = _run_grid("ablation_clip_range", config, eval_config, seeds, grid, root, **kw)
@@ -265,7 +265,7 @@ def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], c
 def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
           grid: dict[str, list[Any]], root: Path, **kw: Any) -> int:
     """A grid over seeds x hyper-parameters; one aggregate per configuration plus a summary JSON."""
-    from fetchrl.plots import plot_ablation
+    from fetchrl.analysis.plots import plot_ablation
 
     plan, settings, any_failed = _run_grid(name, config, eval_config, seeds, grid, root, **kw)
     for s in settings:
@@ -282,7 +282,7 @@ def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequen
 
 
 def plot(paths: RunPaths, *, seeds: int | None = None) -> int:
-    from fetchrl.plots import plot_multi_seed, plot_run
+    from fetchrl.analysis.plots import plot_multi_seed, plot_run
 
     out = [plot_run(paths.tb_dir, paths.curves_png)]
     if seeds:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fetchrl import envs
+from fetchrl.tasks import envs
 
 EXPECTED_OBS_SHAPES = {"observation": (10,), "achieved_goal": (3,), "desired_goal": (3,)}
 EXPECTED_ACTION_SHAPE = (4,)

@@ -72,8 +72,8 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from fetchrl import metrics
+from fetchrl.analysis.tbreader import Series, read_scalars
 from fetchrl.artifacts import RunPaths, json_safe, write_json
-from fetchrl.tbreader import Series, read_scalars
 
 Severity = Literal["warning", "ok", "info"]
 

@@ -128,7 +128,7 @@ def validate_env_id(env_id: str) -> None:
 
 def fast_env_available(env_id: str) -> bool:
     """True when fetchrl ships a bit-compatible fast implementation of ``env_id``."""
-    from fetchrl import fastenv
+    from fetchrl.vecenv import process as fastenv
 
     return env_id in fastenv.FAST_ENV_IDS
 
@@ -147,7 +147,7 @@ def make_env(env_id: str, *, render_mode: str | None = None, fast: bool = False,
     if render_mode is not None:
         ensure_render_backend()
     if fast and fast_env_available(env_id):
-        from fetchrl import fastenv
+        from fetchrl.vecenv import process as fastenv
 
         return fastenv.make(env_id, render_mode=render_mode, **kwargs)
     with warnings.catch_warnings():
@@ -166,7 +166,7 @@ def make_vec_env(env_id: str, n_envs: int, *, seed: int, fast: bool = False) -> 
 
     validate_env_id(env_id)
     if fast and fast_env_available(env_id):
-        from fetchrl import fastenv
+        from fetchrl.vecenv import process as fastenv
 
         return fastenv.make_vec_env(env_id, n_envs, seed=seed)
     return sb3_make_vec_env(lambda: make_env(env_id), n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fetchrl import envs
 from fetchrl.artifacts import (
     EpisodeRecord,
     EvalResult,
@@ -27,6 +26,7 @@ from fetchrl.artifacts import (
     now_iso,
 )
 from fetchrl.config import ALGO, EvalConfig
+from fetchrl.tasks import envs
 
 Obs = dict[str, np.ndarray]
 
@@ -182,7 +182,7 @@ def evaluate_policy(env_id: str, policy: Policy, eval_config: EvalConfig, *, che
 def evaluate(paths: RunPaths, eval_config: EvalConfig, *, device: str = "cpu", fast: bool = True,
              progress: bool = True) -> EvalResult:
     """Load the checkpoint at ``paths``, evaluate it and write the eval JSON atomically."""
-    from fetchrl.checkpoints import load_model
+    from fetchrl.pipeline.checkpoints import load_model
 
     model = load_model(paths, device=device)
     result = evaluate_policy(paths.env_id, SB3Policy(model, eval_config.deterministic), eval_config,

@@ -5,7 +5,7 @@ embeds everything: inline CSS, images as base64 ``data:`` URIs, no script, font 
 and a Content-Security-Policy that forbids the browser from loading anything else. It opens from
 disk with no network. Every string that comes from data is HTML-escaped.
 
-The criteria table is :func:`fetchrl.report.criteria_table`, so the numbers are the CLI's.
+The criteria table is :func:`fetchrl.pipeline.report.criteria_table`, so the numbers are the CLI's.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from fetchrl import __version__
 from fetchrl.artifacts import AGGREGATE_FIELDS, EvalResult, RunPaths, TrainMeta, atomic_write_text, now_iso
 from fetchrl.config import Criteria
 from fetchrl.errors import FetchRLError
-from fetchrl.report import BASELINE_NOTE, check_criteria, criteria_table, overall_pass
+from fetchrl.pipeline.report import BASELINE_NOTE, check_criteria, criteria_table, overall_pass
 
 #: Image types the page embeds, by file suffix (SVG is excluded: it can carry scripts and links).
 IMAGE_MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
               ".webp": "image/webp"}
-#: Finding fields shown first, in this order (``fetchrl.diagnose.Finding``'s); any other field follows.
+#: Finding fields shown first, in this order (``fetchrl.analysis.diagnose.Finding``'s); any other field follows.
 FINDING_FIRST = ("id", "signal", "severity", "evidence", "likely_problem", "fix")
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -271,7 +271,7 @@ def write_html_report(paths: RunPaths, *, result: EvalResult, baselines: list[Ev
         baselines: random / zero-action evaluations on the same seeds (may be empty).
         meta: training metadata, or None.
         diagnosis: any object whose ``to_dict()`` gives ``{"findings": [{"id", "severity", "evidence",
-            ...}], "healthy": bool}`` (``fetchrl.diagnose.Diagnosis``), or None.
+            ...}], "healthy": bool}`` (``fetchrl.analysis.diagnose.Diagnosis``), or None.
         curves_png: the training-curves image to embed, or None.
         gif: the policy video to embed, or None.
 

@@ -8,7 +8,7 @@ Backends (both run :func:`_run_trial_in_worker`, both keep the same books throug
 - ``local`` — a spawn process pool with at most ``workers`` trials at a time (default: the core
   count). Every attempt gets a fresh single-use worker process, so a worker that crashes (segfault,
   OOM kill) fails only its own trial, and torch is limited to ``cores // workers`` threads in it.
-- ``ray``   — one Ray task per trial (``pip install '.[ray]'``); see :mod:`fetchrl.sweep_ray`.
+- ``ray``   — one Ray task per trial (``pip install '.[ray]'``); see :mod:`fetchrl.sweep.ray_backend`.
 
 A failed attempt (an exception or a dead worker) is retried once; other trials still finish.
 A trial whose checkpoint and eval JSON already match its configuration is skipped, so a resumed
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fetchrl.analysis.stats import mean_std, rliable_summary
 from fetchrl.artifacts import (
     EvalResult,
     MultiSeedAggregate,
@@ -45,7 +46,6 @@ from fetchrl.artifacts import (
 )
 from fetchrl.config import ALGO, ENV_THREADS_VAR, EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.stats import mean_std, rliable_summary
 
 if TYPE_CHECKING:
     from rich.progress import Task
@@ -121,8 +121,8 @@ def is_complete(trial: Trial) -> bool:
 
 def run_trial(trial: Trial, progress: bool = False) -> None:
     """Train (or resume an interrupted run) and evaluate one trial, in whatever process calls it."""
-    from fetchrl.evaluate import evaluate
-    from fetchrl.train import train_or_resume
+    from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.pipeline.train import train_or_resume
 
     train_or_resume(trial.config, trial.paths, progress=progress)
     evaluate(trial.paths, trial.eval_config, device=trial.config.device, fast=trial.config.fast_env, progress=False)
@@ -363,7 +363,7 @@ def _local_runner(trials: Sequence[Trial], workers: int, progress: SweepProgress
     from collections import deque
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-    from fetchrl.train import SIGNAL_EXIT_CODES, TrainingInterrupted
+    from fetchrl.pipeline.train import SIGNAL_EXIT_CODES, TrainingInterrupted
 
     # spawn: a fresh interpreter per worker; forking a process that already runs torch threads is unsafe.
     ctx = mp.get_context("spawn")
@@ -407,7 +407,7 @@ def get_runner(backend: str, ray_address: str | None = None) -> Runner:
     if backend == "local":
         return _local_runner
     if backend == "ray":
-        from fetchrl.sweep_ray import make_ray_runner
+        from fetchrl.sweep.ray_backend import make_ray_runner
 
         return make_ray_runner(ray_address)
     raise FetchRLError(f"unknown backend {backend!r}: use local or ray")

@@ -2,7 +2,7 @@
 
 A checkpoint is SB3's zip (policy, optimiser, counters) plus two members fetchrl adds to it:
 ``fetchrl/meta.json`` (the run's :class:`TrainMeta`) and ``fetchrl/resume_state.pkl`` (RNG and
-simulator state, see :mod:`fetchrl.resume`). One atomic rename commits all three, so the weights,
+simulator state, see :mod:`fetchrl.pipeline.resume`). One atomic rename commits all three, so the weights,
 the resume state and the identity of a checkpoint can never disagree, whatever kills the process.
 The ``.meta.json`` beside the zip is written after it; a crash in between leaves that file one
 checkpoint behind, and resuming trusts the zip's own copy.
@@ -20,7 +20,7 @@ from typing import Any
 from fetchrl.artifacts import RunPaths, TrainMeta, atomic_write_bytes, collect_versions
 from fetchrl.config import TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.resume import META_MEMBER, STATE_MEMBER, ResumeState, Snapshot
+from fetchrl.pipeline.resume import META_MEMBER, STATE_MEMBER, ResumeState, Snapshot
 
 #: Versions that change the numbers a resumed run produces.
 RESUME_VERSION_KEYS = ("stable_baselines3", "torch", "mujoco", "gymnasium_robotics")
@@ -111,7 +111,7 @@ def _check_identity(meta: TrainMeta | None, ckpt: Path, env_id: str, spaces: tup
 
 
 def _probe_spaces(env_id: str) -> tuple[Any, Any]:
-    from fetchrl import envs
+    from fetchrl.tasks import envs
 
     probe = envs.make_env(env_id)
     try:
@@ -128,7 +128,7 @@ def load_model(paths: RunPaths, env: Any = None, *, device: str = "cpu", expecte
         env: the VecEnv to continue training in (None: predict only; spaces are checked on a probe env).
         expected_env_id: the env id the caller needs (default ``paths.env_id``).
         force_reset: SB3's flag; False keeps the saved ``_last_obs`` (bit-exact resume).
-        model_class: the PPO class to load into (default SB3's; ``fetchrl.fastppo.FastPPO`` to train on).
+        model_class: the PPO class to load into (default SB3's; ``fetchrl.algos.fastppo.FastPPO`` to train on).
         overrides: attributes set before SB3 rebuilds the model (e.g. hyper-parameters on ``--force``).
     """
     from stable_baselines3 import PPO
@@ -209,7 +209,7 @@ def load_for_resume(config: TrainConfig, paths: RunPaths, env: Any, *, force: bo
     Environment state is restored into ``env`` here (before SB3 sees it); RNG states are left to
     the caller, who restores them last, right before ``learn``.
     """
-    from fetchrl import resume
+    from fetchrl.pipeline import resume
 
     meta, problems, state = check_resumable(config, paths, force=force)
     env_restored = False

@@ -6,8 +6,8 @@ TensorBoard run directory.
 Reliability (issue 7):
 
 - **Interrupts.** SIGINT / SIGTERM only set a flag (:class:`StopRequest`); SB3 stops at the next env
-  step (:class:`~fetchrl.callbacks.StopFlagCallback`), and the state of the last *rollout boundary*,
-  kept in memory by :class:`~fetchrl.resume.RolloutSnapshots`, is saved as an incomplete checkpoint.
+  step (:class:`~fetchrl.pipeline.callbacks.StopFlagCallback`), and the state of the last *rollout boundary*,
+  kept in memory by :class:`~fetchrl.pipeline.resume.RolloutSnapshots`, is saved as an incomplete checkpoint.
   :class:`TrainingInterrupted` then carries exit code 130 / 143 and the command that resumes. A
   second signal exits at once; every write is atomic, so nothing on disk is half-written.
 - **Resume.** ``resume=True`` continues the seed's checkpoint to ``config.total_steps`` with
@@ -30,12 +30,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fetchrl import envs
 from fetchrl.artifacts import RunPaths, TrainMeta, collect_versions, now_iso
-from fetchrl.callbacks import ProgressCallback, StopFlagCallback
 from fetchrl.config import ALGO, HYPERPARAMETER_NAMES, TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.resume import ResumeState, Snapshot
+from fetchrl.pipeline.callbacks import ProgressCallback, StopFlagCallback
+from fetchrl.pipeline.resume import ResumeState, Snapshot
+from fetchrl.tasks import envs
 
 #: Exit codes of a process stopped by a signal (128 + signal number), as shells report them.
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -100,10 +100,10 @@ def fast_path(config: TrainConfig) -> bool:
 
 
 def model_class(config: TrainConfig) -> Any:
-    """``fetchrl.fastppo.FastPPO`` on the fast path (SB3's PPO, same numbers, less Python per step);
+    """``fetchrl.algos.fastppo.FastPPO`` on the fast path (SB3's PPO, same numbers, less Python per step);
     SB3's ``PPO`` itself with ``--reference-env``, so that path stays plain SB3."""
     if fast_path(config):
-        from fetchrl.fastppo import FastPPO
+        from fetchrl.algos.fastppo import FastPPO
 
         return FastPPO
     from stable_baselines3 import PPO
@@ -122,7 +122,7 @@ def _torch_threads(config: TrainConfig) -> Iterator[None]:
     if not fast_path(config):
         yield
         return
-    from fetchrl import fastenv
+    from fetchrl.vecenv import process as fastenv
 
     before = fastenv.configure_torch_threads()
     try:
@@ -223,7 +223,7 @@ def train(config: TrainConfig, paths: RunPaths, *, progress: bool = True, resume
         raise FetchRLError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     envs.validate_env_id(config.env_id)
     if resume:
-        from fetchrl.checkpoints import check_resumable
+        from fetchrl.pipeline.checkpoints import check_resumable
 
         check_resumable(config, paths, force=force)  # refuse before building anything
     _prepare_dirs(paths, fresh_logs=not resume)
@@ -246,7 +246,7 @@ class _CheckpointWriter:
 
     def __call__(self, snapshot: Snapshot, complete: bool = False,
                  reason: str = "in progress (periodic checkpoint)") -> TrainMeta:
-        from fetchrl.checkpoints import write_checkpoint
+        from fetchrl.pipeline.checkpoints import write_checkpoint
 
         meta = _meta(self.config, self.paths, self.model, snapshot, complete=complete, stop_reason=reason)
         write_checkpoint(self.paths, snapshot, meta)
@@ -258,8 +258,8 @@ def _model_for(config: TrainConfig, paths: RunPaths, env: Any, *, resume: bool,
     """A new model, or the checkpoint's with env state restored: (model, resume state, prior wall time)."""
     if not resume:
         return _new_model(config, env), None, 0.0
-    from fetchrl.checkpoints import load_for_resume
-    from fetchrl.resume import after_existing_event_files, truncate_event_files
+    from fetchrl.pipeline.checkpoints import load_for_resume
+    from fetchrl.pipeline.resume import after_existing_event_files, truncate_event_files
 
     resumed = load_for_resume(config, paths, env, force=force, model_class=model_class(config))
     if resumed.inexact:
@@ -274,7 +274,7 @@ def _train(config: TrainConfig, paths: RunPaths, stop: StopRequest, *, progress:
            checkpoint_every: int) -> TrainMeta:
     from stable_baselines3.common.logger import configure
 
-    from fetchrl.resume import RolloutSnapshots, restore_logger, restore_rng
+    from fetchrl.pipeline.resume import RolloutSnapshots, restore_logger, restore_rng
 
     env = envs.make_vec_env(config.env_id, config.n_envs, seed=config.seed, fast=config.fast_env)
     try:
@@ -328,7 +328,7 @@ def train_or_resume(config: TrainConfig, paths: RunPaths, *, progress: bool = Fa
       bit-exact on the reference env path;
     - anything else (none, corrupt, another configuration): trained from scratch, replacing it.
     """
-    from fetchrl.checkpoints import checkpoint_meta, require_zip, resume_problems
+    from fetchrl.pipeline.checkpoints import checkpoint_meta, require_zip, resume_problems
 
     meta = None
     if paths.checkpoint.is_file():

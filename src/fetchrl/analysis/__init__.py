@@ -1,0 +1,1 @@
+"""Analysis: TensorBoard reading, diagnosis, plots, video, HTML report, statistics."""

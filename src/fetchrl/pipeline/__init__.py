@@ -1,0 +1,1 @@
+"""The pipeline: train (signals, resume, checkpoints), evaluate, report."""

@@ -1,0 +1,1 @@
+"""Sweeps: plans, trials, progress, local and Ray backends."""

@@ -1,0 +1,1 @@
+"""Vector envs: the process-parallel VecEnv and its torch-free worker."""
