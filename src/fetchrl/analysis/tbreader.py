@@ -9,11 +9,14 @@ as one curve.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 from fetchrl import metrics
 from fetchrl.errors import FetchRLError
@@ -44,10 +47,46 @@ def _runs_below(logdir: Path, limit: int = 5) -> list[str]:
     return found[:limit]
 
 
+def check_event_file(path: Path) -> int:
+    """Walk the TFRecord framing of one event file and return its record count.
+
+    Each record is ``uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)``.
+    TensorBoard's reader stops silently at the first bad record, so a file cut short or overwritten
+    would read as a shorter (or empty) run and be judged healthy; here it is named instead.
+
+    Raises:
+        FetchRLError (exit code 2): the file is truncated or a checksum does not match; the message
+        names the file, the byte offset and how much of the file is readable.
+    """
+    data = Path(path).read_bytes()
+    size, offset, records = len(data), 0, 0
+    while offset < size:
+        problem = None
+        if size - offset < 12:
+            problem = f"truncated record header at byte {offset}"
+        else:
+            header = data[offset:offset + 8]
+            (length,) = struct.unpack("<Q", header)
+            if struct.unpack("<I", data[offset + 8:offset + 12])[0] != masked_crc32c(header):
+                problem = f"bad record header checksum at byte {offset} (not an event file, or overwritten)"
+            elif offset + 12 + length + 4 > size:
+                problem = f"truncated: record at byte {offset} needs {length + 16} bytes, {size - offset} left"
+            else:
+                body = data[offset + 12:offset + 12 + length]
+                crc = struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])[0]
+                if crc != masked_crc32c(body):
+                    problem = f"bad data checksum in the record at byte {offset}"
+        if problem is not None:
+            raise FetchRLError(f"corrupt TensorBoard event file {path}: {problem}; {records} whole record(s) "
+                               f"before it of {size} bytes (move the file away, or retrain the seed)")
+        offset += 16 + length
+        records += 1
+    return records
+
+
 def _load_file(path: Path) -> dict[str, list[tuple[int, float, float]]]:
     """``{tag: [(step, wall_time, value), ...]}`` of one event file, every point kept."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
+    check_event_file(path)
     # size_guidance 0 = keep every point (the default reservoir-samples 10,000 per tag);
     # purge_orphaned_data=False: duplicate steps are resolved below, the same way for every file.
     acc = EventAccumulator(str(path), size_guidance={SCALARS: 0}, purge_orphaned_data=False)
@@ -81,8 +120,9 @@ def read_scalars(logdir: Path, tags: Sequence[str] | None = metrics.CHAPTER_CURV
         ``{tag: Series}`` in the order of ``tags`` (or sorted by tag when ``tags`` is None).
 
     Raises:
-        FetchRLError (exit code 2): the directory is missing, holds no event files, or lacks a
-        requested tag; the message names the directory and the tag.
+        FetchRLError (exit code 2): the directory is missing, holds no event files, holds a truncated
+        or corrupt event file (:func:`check_event_file`), or lacks a requested tag; the message names
+        the directory or file and the tag.
     """
     logdir = Path(logdir)
     if not logdir.exists():
