@@ -629,7 +629,9 @@ def test_deterministic_training_repeats_bit_for_bit(reference: RunPaths, tmp_pat
 def test_a_resumed_sweep_does_not_retrain_complete_seeds(reference: RunPaths, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from fetchrl.pipeline.evaluate import evaluate
-    from fetchrl.sweep import core as sweep
+    from fetchrl.sweep import base
+    from fetchrl.sweep.plan import SweepPlan
+    from fetchrl.sweep.trials import Trial, TrialOutcome, is_complete
 
     eval_config = EvalConfig(n_episodes=2, n_envs=2)
     done = _copy_run(reference, tmp_path)
@@ -643,15 +645,15 @@ def test_a_resumed_sweep_does_not_retrain_complete_seeds(reference: RunPaths, tm
 
     def runner(trials: Any, workers: int, progress: Any) -> list[Any]:
         ran.extend(t.name for t in trials)
-        return [sweep.TrialOutcome(t, True) for t in trials]
+        return [TrialOutcome(t, True) for t in trials]
 
-    monkeypatch.setattr(sweep, "get_runner", lambda *a, **k: runner)
-    plan = sweep.SweepPlan("multi_seed", SMALL, eval_config, [0, 1, 2], {"default": {}}, tmp_path)
-    outcomes = sweep.run_trials(plan.trials(), progress=False)
+    monkeypatch.setattr(base, "get_runner", lambda *a, **k: runner)
+    plan = SweepPlan("multi_seed", SMALL, eval_config, [0, 1, 2], {"default": {}}, tmp_path)
+    outcomes = base.run_trials(plan.trials(), progress=False)
     assert ran == ["default/seed1", "default/seed2"]
     assert [o.skipped for o in outcomes] == [True, False, False]
     # A different configuration of the same seed is not "complete".
-    assert not sweep.is_complete(sweep.Trial(SMALL.replace(clip_range=0.3), eval_config, tmp_path))
+    assert not is_complete(Trial(SMALL.replace(clip_range=0.3), eval_config, tmp_path))
 
 
 def test_train_or_resume_reuses_complete_and_resumes_interrupted_runs(

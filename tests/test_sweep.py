@@ -16,20 +16,13 @@ import pytest
 
 from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.sweep.core import (
-    FAIL_TRIAL_ENV,
-    SweepPlan,
-    SweepProgress,
-    Trial,
-    TrialLedger,
-    TrialOutcome,
-    aggregate_from_disk,
-    get_runner,
-    grid_plan,
-    is_complete,
-    parse_grid,
-    run_trials,
-)
+from fetchrl.sweep.aggregate import aggregate_from_disk
+from fetchrl.sweep.base import get_runner, run_trials
+from fetchrl.sweep.ledger import TrialLedger
+from fetchrl.sweep.plan import SweepPlan, grid_plan, parse_grid
+from fetchrl.sweep.progress import SweepProgress
+from fetchrl.sweep.ray import run_trial_task
+from fetchrl.sweep.trials import FAIL_TRIAL_ENV, Trial, TrialOutcome, is_complete
 
 #: A few PPO updates per trial: seconds of training, real artifacts.
 TINY_SWEEP = TrainConfig(total_steps=1024, n_envs=2, n_steps=256, batch_size=64, n_epochs=2)
@@ -275,8 +268,6 @@ def test_ray_task_body_forwards_the_driver_env_and_restores_the_worker_env(
     """The task body runs without Ray; a reused Ray worker must not keep one sweep's FETCHRL_* variables."""
     import torch
 
-    from fetchrl.sweep.ray_backend import run_trial_task
-
     trial = _plan(tmp_path).trials()[0]
     monkeypatch.setenv("FETCHRL_ENV_THREADS", "7")
     monkeypatch.delenv(FAIL_TRIAL_ENV, raising=False)
@@ -285,6 +276,6 @@ def test_ray_task_body_forwards_the_driver_env_and_restores_the_worker_env(
         result = run_trial_task(trial, 1, {FAIL_TRIAL_ENV: trial.name})
     finally:
         torch.set_num_threads(threads)
-    assert result["ok"] is False and "injected failure" in result["error"] and result["files"] == {}
+    assert result.ok is False and "injected failure" in result.error and result.files == {}
     assert FAIL_TRIAL_ENV not in os.environ and os.environ["FETCHRL_ENV_THREADS"] == "7"
     assert not trial.paths.checkpoint.exists()

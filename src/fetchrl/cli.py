@@ -210,7 +210,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from fetchrl.pipeline.commands import sweep
-    from fetchrl.sweep.core import parse_grid
+    from fetchrl.sweep.plan import parse_grid
 
     return sweep(args.name, _train_config(args), _eval_config(args), list(range(args.seeds)), parse_grid(args.grid),
                  args.root, backend=args.backend, workers=args.workers, ray_address=args.ray_address,

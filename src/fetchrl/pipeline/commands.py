@@ -102,7 +102,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
 def _run_plan(plan: Any, *, backend: str, workers: int | None, ray_address: str | None,
               progress: bool) -> dict[str, list[int]]:
     """Run a SweepPlan; returns the failed seeds per configuration tag."""
-    from fetchrl.sweep.core import run_trials
+    from fetchrl.sweep.base import run_trials
 
     outcomes = run_trials(plan.trials(), backend=backend, workers=workers, ray_address=ray_address,
                           progress=progress)
@@ -135,7 +135,8 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
                progress: bool = True) -> int:
     """Exercise 2.2: seeds in parallel, aggregate from the eval JSONs, chapter's robustness verdict."""
     from fetchrl.analysis.plots import plot_multi_seed
-    from fetchrl.sweep.core import SEED_METRICS, SweepPlan
+    from fetchrl.sweep.aggregate import SEED_METRICS
+    from fetchrl.sweep.plan import SweepPlan
 
     plan = SweepPlan("multi_seed", config, eval_config, list(seeds), {"default": {}}, root)
     failed = _run_plan(plan, backend=backend, workers=workers, ray_address=ray_address, progress=progress)
@@ -234,7 +235,7 @@ def _print_settings(title: str, settings: list[SettingSummary]) -> None:
 
 def _run_grid(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
               grid: dict[str, list[Any]], root: Path, **kw: Any) -> tuple[Any, list[SettingSummary], bool]:
-    from fetchrl.sweep.core import grid_plan
+    from fetchrl.sweep.plan import grid_plan
 
     plan = grid_plan(name, config, eval_config, seeds, grid, root)
     failed = _run_plan(plan, **kw)

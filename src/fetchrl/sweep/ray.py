@@ -1,20 +1,19 @@
-"""The Ray backend of the sweep layer: one Ray task per trial, on a local instance or a cluster.
+"""The Ray sweep backend: one Ray task per trial, on a local Ray instance or a cluster.
 
-Ray is an optional extra (``pip install '.[ray]'``). :func:`make_ray_runner` returns a
-:data:`fetchrl.sweep.core.Runner`; ``run_trials(..., backend="ray", ray_address=...)`` calls it.
+Ray is an optional extra (``pip install '.[ray]'``), imported only when a Ray runner is made.
 
 Where artifacts land — always on the driver:
   Each task trains and evaluates in a temporary directory on its own node (through the very
-  function the local backend runs, :func:`fetchrl.sweep.core._run_trial_in_worker`), then returns every
-  file the trial wrote — checkpoint zip, meta JSON, TensorBoard events, eval JSON — as bytes. The
-  driver writes them under the trial's root, atomically, meta and eval JSON last (they vouch for
+  function the local backend runs, :func:`fetchrl.sweep.trials.run_trial_in_worker`), then returns
+  every file the trial wrote — checkpoint zip, meta JSON, TensorBoard events, eval JSON — as bytes.
+  The driver writes them under the trial's root, atomically, meta and eval JSON last (they vouch for
   the rest). So a cluster needs no shared filesystem, a relative ``--root`` means the driver's
   directory, only the driver ever writes the sweep's directory, and the artifacts are byte for byte
   what the local backend writes (the ``checkpoint`` fields of the meta and eval JSON name the
   driver's path). The cost is shipping a few hundred kB per trial through Ray's object store.
 
 Retries: a task is attempted at most twice whatever went wrong — an exception in the trial comes
-back as ``(False, message)``, a dead worker or node as a Ray error — exactly like the local backend
+back as a failed attempt, a dead worker or node as a Ray error — exactly like the local backend
 (Ray's own ``max_retries`` is 0 so the two retry counts do not multiply).
 
 Each task reserves ``cpus_per_trial`` CPUs and limits torch's threads (and the fast env's stepping
@@ -32,30 +31,26 @@ import socket
 import tempfile
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fetchrl.artifacts import atomic_write_bytes, read_json, write_json
 from fetchrl.errors import FetchRLError
-from fetchrl.sweep.core import (
-    Runner,
-    SweepProgress,
-    Trial,
-    TrialLedger,
-    TrialOutcome,
-    _run_trial_in_worker,
-    _worker_init,
-)
+from fetchrl.sweep.base import Runner, register_backend
+from fetchrl.sweep.ledger import TrialLedger
+from fetchrl.sweep.progress import SweepProgress
+from fetchrl.sweep.trials import Attempt, Trial, TrialOutcome, run_trial_in_worker, worker_init
 
 RAY_MISSING = "Ray is not installed: pip install '.[ray]'"
 #: Environment variables with this prefix are forwarded from the driver to every task.
 FORWARDED_ENV_PREFIX = "FETCHRL_"
 #: Seconds ray.wait blocks before the loop looks again for free slots (the cluster may grow).
-_WAIT_SECONDS = 2.0
+WAIT_SECONDS = 2.0
 
 
 def import_ray() -> Any:
-    """``import ray`` or a FetchRLError saying how to install it."""
+    """``import ray`` or a FetchRLError saying how to install it (``Any``: Ray is optional and untyped here)."""
     try:
         import ray
     except ImportError:
@@ -64,6 +59,21 @@ def import_ray() -> Any:
 
 
 # ============================================================================ inside the task
+@dataclass(frozen=True)
+class TaskResult:
+    """What one Ray task sends back to the driver."""
+
+    ok: bool
+    error: str
+    """Why the attempt failed, one line (empty on success)."""
+    seconds: float
+    """Wall time of the attempt on the node."""
+    node: str
+    """Host name of the node that ran it (named in errors)."""
+    files: dict[str, bytes] = field(default_factory=dict)
+    """Every file the trial wrote, ``{path relative to the trial root: bytes}``; empty unless ``ok``."""
+
+
 @contextlib.contextmanager
 def _forwarded_env(env: Mapping[str, str]) -> Iterator[None]:
     """The driver's FETCHRL_* variables for the duration of one task (Ray reuses worker processes)."""
@@ -90,22 +100,19 @@ def _pack(local: Trial, trial: Trial) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def run_trial_task(trial: Trial, threads: int, env: Mapping[str, str]) -> dict[str, Any]:
-    """Body of the Ray task: run ``trial`` in a node-local temp root; return its files as bytes.
-
-    Returns ``{"ok", "error", "seconds", "node", "files"}``; ``files`` is empty unless ``ok``.
-    """
+def run_trial_task(trial: Trial, threads: int, env: Mapping[str, str]) -> TaskResult:
+    """Body of the Ray task: run ``trial`` in a node-local temp root; return its files as bytes."""
     with _forwarded_env(env), tempfile.TemporaryDirectory(prefix="fetchrl-trial-") as tmp:
-        _worker_init(threads)  # inside: it sets FETCHRL_ENV_THREADS, which _forwarded_env restores after
+        worker_init(threads)  # inside: it sets FETCHRL_ENV_THREADS, which _forwarded_env restores after
         local = dataclasses.replace(trial, root=Path(tmp))
-        ok, error, seconds = _run_trial_in_worker(local)
+        ok, error, seconds = run_trial_in_worker(local)
         files: dict[str, bytes] = {}
         if ok:
             try:
                 files = _pack(local, trial)
             except (OSError, FetchRLError) as err:
                 ok, error = False, f"packing the artifacts failed: {err}"
-    return {"ok": ok, "error": error, "seconds": seconds, "node": socket.gethostname(), "files": files}
+    return TaskResult(ok, error, seconds, socket.gethostname(), files)
 
 
 # ============================================================================ on the driver
@@ -123,20 +130,19 @@ def write_trial_files(trial: Trial, files: Mapping[str, bytes]) -> None:
         atomic_write_bytes(root / rel, files[rel])
 
 
-def _collect(ray: Any, ref: Any, trial: Trial) -> tuple[bool, str, float]:
-    """A finished task's result, its files written on the driver; Ray errors become ``(False, msg)``."""
+def _collect(ray: Any, ref: Any, trial: Trial) -> Attempt:
+    """A finished task's attempt, its files written on the driver; Ray errors become failed attempts."""
     try:
-        result = ray.get(ref)
+        result: TaskResult = ray.get(ref)
     except ray.exceptions.RayError as err:  # worker/node died, task cancelled, object lost
         first = (str(err).strip().splitlines() or [""])[0]
-        return False, f"Ray task failed: {type(err).__name__}: {first}", 0.0
-    ok, error, seconds = bool(result["ok"]), str(result["error"]), float(result["seconds"])
-    if ok:
+        return Attempt(False, f"Ray task failed: {type(err).__name__}: {first}", 0.0)
+    if result.ok:
         try:
-            write_trial_files(trial, result["files"])
+            write_trial_files(trial, result.files)
         except (FetchRLError, OSError) as err:
-            return False, f"writing artifacts from node {result['node']} failed: {err}", seconds
-    return ok, error, seconds
+            return Attempt(False, f"writing artifacts from node {result.node} failed: {err}", result.seconds)
+    return Attempt(result.ok, result.error, result.seconds)
 
 
 def _connect(ray: Any, address: str | None) -> bool:
@@ -163,11 +169,11 @@ def _slots(ray: Any, workers: int, cpus_per_trial: int) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_trial)
 
 
-def make_ray_runner(address: str | None, *, cpus_per_trial: int = 1) -> Runner:
+def make_ray_runner(ray_address: str | None = None, *, cpus_per_trial: int = 1) -> Runner:
     """A sweep runner with one Ray task per trial.
 
     Args:
-        address: ``None`` starts a local Ray instance (unless Ray is already initialised in this
+        ray_address: ``None`` starts a local Ray instance (unless Ray is already initialised in this
             process, e.g. by a test's ``ray.init(num_cpus=2)``; then that one is used); ``"auto"``
             joins the cluster started on this machine by ``ray start``; ``"HOST:PORT"`` (or
             ``"ray://HOST:10001"``) a remote one. Every node needs this project installed with the
@@ -180,21 +186,21 @@ def make_ray_runner(address: str | None, *, cpus_per_trial: int = 1) -> Runner:
     if cpus_per_trial < 1:
         raise FetchRLError(f"cpus_per_trial must be >= 1, got {cpus_per_trial}")
 
-    def ray_runner(trials: Sequence[Trial], workers: int, progress: SweepProgress) -> list[TrialOutcome]:
+    def run_ray(trials: Sequence[Trial], workers: int, progress: SweepProgress) -> list[TrialOutcome]:
         ray = import_ray()
-        started_here = _connect(ray, address)
+        started_here = _connect(ray, ray_address)
         task = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(run_trial_task)
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
         ledger = TrialLedger(trials, progress)
         queue = deque(range(len(trials)))
-        pending: dict[Any, int] = {}
+        pending: dict[Any, int] = {}  # Ray ObjectRef -> trial index
         try:
             while queue or pending:
                 while queue and len(pending) < _slots(ray, workers, cpus_per_trial):
                     i = queue.popleft()
                     ledger.start(i)
                     pending[task.remote(trials[i], cpus_per_trial, env)] = i
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_SECONDS)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                 for ref in ready:
                     i = pending.pop(ref)
                     if ledger.settle(i, *_collect(ray, ref, trials[i])):
@@ -208,4 +214,7 @@ def make_ray_runner(address: str | None, *, cpus_per_trial: int = 1) -> Runner:
                 ray.shutdown()
         return ledger.outcomes()
 
-    return ray_runner
+    return run_ray
+
+
+register_backend("ray", make_ray_runner)

@@ -1,0 +1,104 @@
+"""Sweep plans: ``--grid`` parsing, configuration tags, and configurations x seeds as trials."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fetchrl.artifacts import MultiSeedAggregate, trial_root
+from fetchrl.config import HYPERPARAMETER_NAMES, EvalConfig, TrainConfig
+from fetchrl.errors import FetchRLError
+from fetchrl.sweep.aggregate import aggregate_from_disk
+from fetchrl.sweep.trials import Trial, is_complete
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``["clip_range=0.1,0.2", "learning_rate=3e-4"]`` -> ``{"clip_range": [0.1, 0.2], ...}``.
+
+    Values take the type of the TrainConfig field (int or float); FetchRLError on anything else.
+    """
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values:
+            raise FetchRLError(f"bad --grid item {item!r}: expected name=v1,v2")
+        if name not in HYPERPARAMETER_NAMES or name == "policy":
+            raise FetchRLError(f"--grid: {name!r} is not a PPO hyper-parameter ({', '.join(HYPERPARAMETER_NAMES[1:])})")
+        if name in grid:
+            raise FetchRLError(f"--grid: {name} is given twice; list all its values once: {name}=v1,v2")
+        kind = type(getattr(TrainConfig(), name))
+        try:
+            parsed = [kind(v) for v in values.split(",")]
+        except ValueError:
+            raise FetchRLError(f"--grid {name}: values must be {kind.__name__}, got {values!r}") from None
+        if not all(math.isfinite(v) for v in parsed):
+            raise FetchRLError(f"--grid {name}: values must be finite numbers, got {values!r}")
+        if len(set(parsed)) < len(parsed):
+            raise FetchRLError(f"--grid {name}: duplicate value in {values!r}")
+        grid[name] = parsed
+    return grid
+
+
+def config_tag(overrides: dict[str, Any]) -> str:
+    """``{"clip_range": 0.1, "n_epochs": 5}`` -> ``"clip_range=0.1,n_epochs=5"``; ``{}`` -> ``"default"``."""
+    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+
+
+@dataclass
+class SweepPlan:
+    """Configurations (tag -> overrides) times seeds, rooted at ``root``."""
+
+    name: str
+    base: TrainConfig
+    eval_config: EvalConfig
+    seeds: list[int]
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    root: Path = Path(".")
+
+    def config_root(self, tag: str) -> Path:
+        # The chapter's multi-seed run keeps the chapter's paths; other sweeps get one root per setting.
+        return self.root if self.name == "multi_seed" else trial_root(self.name, tag, self.root)
+
+    def trials(self) -> list[Trial]:
+        """Every configuration x every seed, configuration by configuration."""
+        out = []
+        for tag, overrides in self.configs.items():
+            for seed in self.seeds:
+                cfg = self.base.replace(seed=seed, **overrides)
+                out.append(Trial(cfg, self.eval_config, self.config_root(tag), tag))
+        return out
+
+    def aggregates(self) -> dict[str, MultiSeedAggregate]:
+        """One aggregate per configuration, over the seeds whose trial is complete on disk.
+
+        Seeds that failed are left out even when an older run left an eval JSON at their path.
+        """
+        out = {}
+        by_tag: dict[str, list[int]] = {tag: [] for tag in self.configs}
+        for trial in self.trials():
+            if is_complete(trial):
+                by_tag[trial.tag].append(trial.config.seed)
+        for tag, overrides in self.configs.items():
+            cfg = self.base.replace(**overrides)
+            root = self.config_root(tag)
+            if not by_tag[tag]:
+                raise FetchRLError(f"no complete trial of {tag} under {root} (seeds {self.seeds}); see the errors above")
+            out[tag] = aggregate_from_disk(cfg.env_id, by_tag[tag], root, cfg.hyperparameters)
+        return out
+
+
+def grid_plan(name: str, base: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
+              grid: dict[str, list[Any]], root: Path = Path(".")) -> SweepPlan:
+    """Every combination of the grid's values as one configuration (``{}`` -> the base alone)."""
+    names = list(grid)
+    configs = {}
+    for combo in itertools.product(*(grid[n] for n in names)):
+        overrides = dict(zip(names, combo, strict=True))
+        base.replace(**overrides)  # validate every configuration before anything runs
+        configs[config_tag(overrides)] = overrides
+    return SweepPlan(name, base, eval_config, list(seeds), configs or {"default": {}}, root)

@@ -1,0 +1,133 @@
+"""Trials (one seed of one configuration), the completeness check, and what a worker runs per attempt.
+
+Test hook: ``FETCHRL_FAIL_TRIAL="tag/seedN [pattern ...]"`` (whitespace-separated shell-style
+patterns matched against :attr:`Trial.name`; tags contain commas) makes those trials raise inside
+the worker, on every attempt, before training. The Ray backend forwards it to its workers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from fetchrl.artifacts import EvalResult, RunPaths, TrainMeta
+from fetchrl.config import ENV_THREADS_VAR, EvalConfig, TrainConfig
+from fetchrl.errors import FetchRLError
+
+#: Test hook read by the worker: whitespace-separated patterns of trial names made to fail.
+FAIL_TRIAL_ENV = "FETCHRL_FAIL_TRIAL"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One seed of one configuration."""
+
+    config: TrainConfig
+    eval_config: EvalConfig
+    root: Path
+    tag: str = "default"
+    """Configuration label, e.g. ``clip_range=0.1`` (seeds of one tag are aggregated together)."""
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.config.env_id, self.config.seed, self.root)
+
+    @property
+    def name(self) -> str:
+        return f"{self.tag}/seed{self.config.seed}"
+
+
+@dataclass
+class TrialOutcome:
+    """What became of one trial."""
+
+    trial: Trial
+    ok: bool
+    skipped: bool = False
+    """True when the trial was already complete on disk and did not run."""
+    attempts: int = 1
+    """Attempts made (0 when skipped; at most :data:`fetchrl.sweep.ledger.MAX_ATTEMPTS`)."""
+    error: str = ""
+    """The last attempt's error (empty on success)."""
+    seconds: float = 0.0
+    """Wall time of all attempts together, as measured in the worker."""
+
+
+class Attempt(NamedTuple):
+    """The result of one attempt at a trial, as a worker reports it to its backend."""
+
+    ok: bool
+    error: str
+    """Why the attempt failed, one line (empty on success)."""
+    seconds: float
+    """Wall time of the attempt in the worker."""
+
+
+def is_complete(trial: Trial) -> bool:
+    """True when the trial's checkpoint is complete for this config and its eval JSON matches it.
+
+    The eval JSON must have the trial's episode seeds and be no older than the checkpoint's meta
+    (an eval that failed after a retrain leaves the previous, now stale, eval JSON behind).
+    """
+    paths = trial.paths
+    if not (paths.meta.is_file() and paths.eval_json.is_file() and paths.checkpoint.is_file()):
+        return False
+    try:
+        meta = TrainMeta.from_json(paths.meta)
+        result = EvalResult.from_json(paths.eval_json)
+    except FetchRLError:
+        return False
+    return (meta.complete and meta.total_steps == trial.config.total_steps
+            and meta.hyperparameters == trial.config.hyperparameters
+            and result.seeds == trial.eval_config.episode_seeds
+            and result.deterministic == trial.eval_config.deterministic
+            and paths.eval_json.stat().st_mtime >= paths.meta.stat().st_mtime)
+
+
+def run_trial(trial: Trial, progress: bool = False) -> None:
+    """Train (or resume an interrupted run) and evaluate one trial, in whatever process calls it."""
+    # Imported here, not at the top: only workers train, and the driver (and `sweep --grid` parsing)
+    # should not pay for loading torch and SB3.
+    from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.pipeline.train import train_or_resume
+
+    train_or_resume(trial.config, trial.paths, progress=progress)
+    evaluate(trial.paths, trial.eval_config, device=trial.config.device, fast=trial.config.fast_env, progress=False)
+
+
+def worker_init(torch_threads: int) -> None:
+    """Limit one worker to ``torch_threads`` threads so parallel trials do not oversubscribe the CPU.
+
+    Also sets ``FETCHRL_ENV_THREADS`` (:data:`fetchrl.config.ENV_THREADS_VAR`), which the process
+    VecEnv reads to decide whether the trial's share of the CPUs allows a stepping process.
+    """
+    import torch  # workers only (see run_trial)
+
+    torch.set_num_threads(torch_threads)
+    os.environ[ENV_THREADS_VAR] = str(torch_threads)
+
+
+def _injected_failure(trial: Trial) -> None:
+    """The :data:`FAIL_TRIAL_ENV` test hook: raise for the trials it names."""
+    if any(fnmatch.fnmatchcase(trial.name, p) for p in os.environ.get(FAIL_TRIAL_ENV, "").split()):
+        raise RuntimeError(f"injected failure for {trial.name} ({FAIL_TRIAL_ENV} test hook)")
+
+
+def run_trial_in_worker(trial: Trial) -> Attempt:
+    """Run one attempt and never raise: every backend's worker calls this."""
+    t0 = time.perf_counter()
+    try:
+        _injected_failure(trial)
+        run_trial(trial)
+        return Attempt(True, "", time.perf_counter() - t0)
+    except FetchRLError as err:
+        return Attempt(False, str(err), time.perf_counter() - t0)
+    except Exception as err:  # a trial's crash must not sink the sweep: report it instead
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        return Attempt(False, f"{type(err).__name__}: {err} (at {Path(where.filename).name}:{where.lineno})",
+                       time.perf_counter() - t0)
