@@ -222,10 +222,11 @@ def _make_criteria_callback(arm: str, state: _CriteriaState, stop_at_criteria: b
     import numpy as np
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from fetchrl.config import Criteria, EvalConfig
+    from fetchrl.chapters.ch02 import CHAPTER
+    from fetchrl.config import EvalConfig
     from fetchrl.pipeline.evaluate import SB3Policy, run_episodes
 
-    crit = Criteria()
+    crit = {c.metric: c for c in CHAPTER.criteria}
     seeds = EvalConfig(n_episodes=EVAL_EPISODES_CRITERIA).episode_seeds
 
     class CriteriaCallback(BaseCallback):
@@ -244,8 +245,8 @@ def _make_criteria_callback(arm: str, state: _CriteriaState, stop_at_criteria: b
                      "return": float(np.mean([e.return_ for e in eps])),
                      "distance": float(np.mean([e.final_distance for e in eps]))}
             state.curve.append(point)
-            ok = (point["success"] > crit.min_success_rate and point["return"] > crit.min_return_mean
-                  and point["distance"] < crit.max_final_distance)
+            ok = (crit["success_rate"].passes(point["success"]) and crit["return_mean"].passes(point["return"])
+                  and crit["final_distance_mean"].passes(point["distance"]))
             if ok and state.reached_at is None:
                 state.reached_at, state.reached_train_s = self.num_timesteps, state.train_s
             self._t0 = time.perf_counter()

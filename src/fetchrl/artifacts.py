@@ -1,7 +1,8 @@
 """Every artifact's path and schema, defined once; every write atomic.
 
 No other module formats an artifact path or a JSON schema. Layout under a root directory
-(the current directory by default), exactly the chapter's table in section 3.1::
+(the current directory by default), exactly the chapter's table in section 3.1 (shown with
+chapter 2's :class:`ArtifactNames`; a chapter's spec in ``fetchrl.chapters`` gives its own)::
 
     checkpoints/ppo_FetchReachDense-v4_seed0.zip
     checkpoints/ppo_FetchReachDense-v4_seed0.meta.json
@@ -32,20 +33,44 @@ T = TypeVar("T")
 
 # ============================================================================ paths
 @dataclass(frozen=True)
+class ArtifactNames:
+    """A chapter's names in the artifact layout; :class:`RunPaths` and the functions below format every path.
+
+    The layout (section 3.1) is the same for every chapter; only these names change: chapter 3's
+    runs are ``checkpoints/sac_FetchReachDense-v4_seed0.zip`` and
+    ``results/ch03_sac_fetchreachdense-v4_seed0_eval.json``.
+    """
+
+    chapter: str
+    """Prefix of every file under ``results/`` and ``videos/``: ``"ch02"``."""
+    algo: str
+    """The algorithm's short name: checkpoint prefix and ``runs/<algo>/``: ``"ppo"``."""
+    multi_seed: str
+    """Stem of the multi-seed aggregate's JSON and PNG: ``"ch02_ppo_reachdense"``."""
+
+
+#: Chapter 2's names: the default of code that does not say which chapter it runs (it predates
+#: chapters). ``fetchrl.chapters.ch02`` spells the same names out; tests/test_chapters.py pins both.
+DEFAULT_NAMES = ArtifactNames(chapter="ch02", algo=ALGO, multi_seed="ch02_ppo_reachdense")
+
+
+@dataclass(frozen=True)
 class RunPaths:
     """Where one (env_id, seed) run keeps its artifacts, relative to ``root``."""
 
     env_id: str
     seed: int
     root: Path = Path(".")
+    names: ArtifactNames = DEFAULT_NAMES
+    """The chapter's names (default: chapter 2's)."""
 
     @property
     def _stem(self) -> str:
-        return f"{ALGO}_{self.env_id}_seed{self.seed}"
+        return f"{self.names.algo}_{self.env_id}_seed{self.seed}"
 
     @property
     def _result_stem(self) -> str:
-        return f"ch02_{ALGO}_{self.env_id.lower()}_seed{self.seed}"
+        return f"{self.names.chapter}_{self.names.algo}_{self.env_id.lower()}_seed{self.seed}"
 
     @property
     def checkpoint(self) -> Path:
@@ -73,7 +98,7 @@ class RunPaths:
 
     @property
     def html_report(self) -> Path:
-        return self.root / "results" / f"ch02_report_seed{self.seed}.html"
+        return self.root / "results" / f"{self.names.chapter}_report_seed{self.seed}.html"
 
     @property
     def video_gif(self) -> Path:
@@ -86,23 +111,24 @@ class RunPaths:
     @property
     def tb_dir(self) -> Path:
         """TensorBoard run directory; exactly this path, no ``_1`` suffix."""
-        return self.root / "runs" / ALGO / self.env_id / f"seed{self.seed}"
+        return self.root / "runs" / self.names.algo / self.env_id / f"seed{self.seed}"
 
 
-def multi_seed_aggregate_path(root: Path = Path(".")) -> Path:
-    return root / "results" / "ch02_ppo_reachdense_aggregate.json"
+def multi_seed_aggregate_path(root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    return root / "results" / f"{names.multi_seed}_aggregate.json"
 
 
-def multi_seed_plot_path(root: Path = Path(".")) -> Path:
-    return root / "results" / "ch02_ppo_reachdense_aggregate.png"
+def multi_seed_plot_path(root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    return root / "results" / f"{names.multi_seed}_aggregate.png"
 
 
-def ablation_path(param: str = "clip_range", root: Path = Path(".")) -> Path:
-    return root / "results" / f"ch02_ablation_{param}.json"
+def ablation_path(param: str = "clip_range", root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    return root / "results" / f"{names.chapter}_ablation_{param}.json"
 
 
-def ablation_plot_path(param: str = "clip_range", root: Path = Path(".")) -> Path:
-    return root / "results" / f"ch02_ablation_{param}.png"
+def ablation_plot_path(param: str = "clip_range", root: Path = Path("."),
+                       names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    return root / "results" / f"{names.chapter}_ablation_{param}.png"
 
 
 def trial_root(sweep_name: str, trial_tag: str, root: Path = Path(".")) -> Path:
@@ -413,12 +439,12 @@ class MultiSeedAggregate:
         return agg
 
 
-def sweep_summary_path(name: str, root: Path = Path(".")) -> Path:
-    return root / "results" / f"ch02_sweep_{name}.json"
+def sweep_summary_path(name: str, root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    return root / "results" / f"{names.chapter}_sweep_{name}.json"
 
 
-def sweep_plot_path(name: str, root: Path = Path(".")) -> Path:
-    return root / "results" / f"ch02_sweep_{name}.png"
+def sweep_plot_path(name: str, root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    return root / "results" / f"{names.chapter}_sweep_{name}.png"
 
 
 @dataclass

@@ -1,139 +1,125 @@
-"""The chapter's configuration, defined once.
+"""Run, evaluation and criteria configuration: frozen dataclasses, defined once.
 
-Field names are Stable-Baselines3's so ``config.ppo_kwargs()`` passes straight to ``PPO(...)``.
-Defaults are the chapter's table in section 2.3 (and SB3's defaults where the chapter is silent).
+A training run is a :class:`TrainConfig`: where and how long to train (task, seed, step budget,
+parallel envs, device) composed with the algorithm's hyper-parameters (``algo``: one frozen
+dataclass per algorithm in ``fetchrl.algos``, fields named as SB3's keyword arguments, so
+``config.algo.sb3_kwargs()`` passes straight to the SB3 class). ``TrainConfig()`` is chapter 2's
+run: PPO on FetchReachDense-v4 with the chapter's table in section 2.3.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from fetchrl.algos.base import RUN_HYPERPARAMETERS, AlgoConfig
+from fetchrl.algos.ppo import PPO, PPOConfig
 from fetchrl.errors import FetchRLError
 
 DEFAULT_ENV_ID = "FetchReachDense-v4"
-ALGO = "ppo"
+#: Chapter 2's algorithm, for modules that write ``algo`` into artifacts without a chapter at hand.
+ALGO = PPO.name
 #: Environment variable a sweep worker sets to its share of the cores; the fast VecEnv reads it (one
 #: core: no env worker process) so that parallel trials do not oversubscribe the CPU.
 ENV_THREADS_VAR = "FETCHRL_ENV_THREADS"
 
-#: Hyper-parameters that define the learning problem; a resumed run must match them exactly.
-HYPERPARAMETER_NAMES = (
-    "policy",
-    "n_steps",
-    "batch_size",
-    "n_epochs",
-    "learning_rate",
-    "clip_range",
-    "gae_lambda",
-    "gamma",
-    "ent_coef",
-    "vf_coef",
-    "max_grad_norm",
-    "n_envs",
-)
+#: Chapter 2's (PPO's) hyper-parameters that define the learning problem; a resumed run must match
+#: them exactly. Generic code reads ``config.hyperparameters`` (any algorithm) instead.
+HYPERPARAMETER_NAMES = PPO.resume_names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrainConfig:
-    """Everything that determines one training run of PPO on a Fetch task."""
+    """Everything that determines one training run on a Fetch task.
+
+    Build it with run fields and, optionally, ``algo=`` (default: chapter 2's :class:`PPOConfig`);
+    any other keyword is a hyper-parameter of ``algo`` by its SB3 name and replaces that field:
+    ``TrainConfig(total_steps=2048, n_steps=256)``. Hyper-parameters also read through
+    (``config.n_steps`` is ``config.algo.n_steps``), because the CLI flags, the sweep grids and the
+    metadata JSON name them flat. Every value is validated on construction.
+    """
 
     env_id: str = DEFAULT_ENV_ID
-    """Gymnasium id of the task (the chapter: FetchReachDense-v4)."""
+    """Gymnasium id of the task (chapter 2: FetchReachDense-v4)."""
     seed: int = 0
     """Seed of the policy initialisation, the rollouts' RNG and the training environments."""
     total_steps: int = 500_000
     """Environment steps to train for, summed over all parallel environments."""
     n_envs: int = 8
-    """Parallel environments; a rollout holds n_steps * n_envs transitions."""
-    policy: str = "MultiInputPolicy"
-    """SB3 policy class: flattens the dict observation and feeds a 64-64 tanh MLP."""
-    n_steps: int = 1024
-    """Steps per environment per rollout."""
-    batch_size: int = 256
-    """Minibatch size of each gradient step."""
-    n_epochs: int = 10
-    """Passes over each rollout."""
-    learning_rate: float = 3e-4
-    """Adam step size (constant)."""
-    clip_range: float = 0.2
-    """PPO's epsilon: the likelihood ratio is clipped to [1 - eps, 1 + eps]."""
-    gae_lambda: float = 0.95
-    """GAE's lambda: 0 is one-step TD, 1 is Monte Carlo."""
-    gamma: float = 0.99
-    """Discount factor."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient c2."""
-    vf_coef: float = 0.5
-    """Value loss coefficient c1."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip (SB3's default)."""
+    """Parallel environments; a PPO rollout holds n_steps * n_envs transitions."""
     device: str = "cpu"
     """Torch device; SB3 recommends CPU for PPO with an MLP policy."""
     deterministic_torch: bool = False
     """Force deterministic torch kernels (CPU results are already repeatable; this costs little)."""
     fast_env: bool = True
     """Use fetchrl's bit-compatible fast FetchReach step where available (False: Gymnasium-Robotics' own)."""
+    algo: AlgoConfig = PPOConfig()
+    """The algorithm's hyper-parameters (chapter 2: PPO with the chapter's table)."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, **values: Any) -> None:
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        algo: AlgoConfig = values.pop("algo", fields["algo"].default)
+        tunable = {name: values.pop(name) for name in list(values) if name not in fields}
+        unknown = sorted(set(tunable) - set(algo.hyperparameters))
+        if unknown:
+            raise TypeError(f"TrainConfig has no field or {type(algo).__name__} hyper-parameter "
+                            f"{', '.join(unknown)}")
+        for name, f in fields.items():
+            if name != "algo":
+                object.__setattr__(self, name, values.get(name, f.default))
+        object.__setattr__(self, "algo", dataclasses.replace(algo, **tunable) if tunable else algo)
         self.validate()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when ordinary lookup fails: a hyper-parameter read by its SB3 name.
+        algo = self.__dict__.get("algo")
+        if algo is not None and not name.startswith("_") and name in algo.hyperparameters:
+            return getattr(algo, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ---------------------------------------------------------------- derived values
     @property
     def rollout_size(self) -> int:
-        """Transitions per rollout: n_steps * n_envs."""
-        return self.n_steps * self.n_envs
+        """Transitions collected between two updates (PPO: n_steps * n_envs)."""
+        return self.algo.rollout_size(self.n_envs)
 
     @property
     def steps_in_whole_rollouts(self) -> int:
         """Steps SB3 really trains: total_steps rounded up to whole rollouts (500,000 -> 507,904)."""
-        return -(-self.total_steps // self.rollout_size) * self.rollout_size
+        return self.algo.steps_trained(self.total_steps, self.n_envs)
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        """All learning hyper-parameters, as written into the metadata JSON."""
-        return {name: getattr(self, name) for name in HYPERPARAMETER_NAMES}
+        """All learning hyper-parameters (``n_envs`` last), as written into the metadata JSON."""
+        return {**self.algo.hyperparameters, **{name: getattr(self, name) for name in RUN_HYPERPARAMETERS}}
+
+    def sb3_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the algorithm's SB3 class (policy and env excluded)."""
+        return self.algo.sb3_kwargs()
 
     def ppo_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``stable_baselines3.PPO`` (policy and env excluded)."""
-        hp = self.hyperparameters
-        hp.pop("policy")
-        hp.pop("n_envs")
-        return hp
+        """Chapter 2's name for :meth:`sb3_kwargs`."""
+        return self.sb3_kwargs()
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields or hyper-parameters changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise FetchRLError with an actionable one-line message on a bad value."""
-        positive_ints = ("total_steps", "n_envs", "n_steps", "batch_size", "n_epochs")
-        for name in positive_ints:
+        for name in ("total_steps", "n_envs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise FetchRLError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.seed < 0:
             raise FetchRLError(f"--seed must be >= 0, got {self.seed}")
-        if not 0.0 < self.clip_range <= 1.0:
-            raise FetchRLError(f"--clip-range must be in (0, 1], got {self.clip_range}")
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise FetchRLError(f"--gae-lambda must be in [0, 1], got {self.gae_lambda}")
-        if not 0.0 < self.gamma <= 1.0:
-            raise FetchRLError(f"--gamma must be in (0, 1], got {self.gamma}")
-        if self.learning_rate <= 0:
-            raise FetchRLError(f"--learning-rate must be > 0, got {self.learning_rate}")
-        for name in ("ent_coef", "vf_coef", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise FetchRLError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size > self.rollout_size:
-            raise FetchRLError(
-                f"--batch-size {self.batch_size} is larger than a rollout "
-                f"(n_steps * n_envs = {self.rollout_size}); lower it or raise --n-steps"
-            )
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise FetchRLError(f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        self.algo.check_run(self.n_envs)
 
 
 @dataclass(frozen=True)
@@ -161,10 +147,28 @@ class EvalConfig:
         return [self.seed_offset + i for i in range(self.n_episodes)]
 
 
-@dataclass(frozen=True)
-class Criteria:
-    """The chapter's passing criteria (section 3.4)."""
+Comparison = Literal[">", ">=", "<", "<="]
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+}
 
-    min_success_rate: float = 0.90
-    min_return_mean: float = -10.0
-    max_final_distance: float = 0.02
+
+@dataclass(frozen=True)
+class Criterion:
+    """One passing criterion of a chapter: ``aggregate[metric] <op> threshold`` on an eval JSON."""
+
+    name: str
+    """What the report's table calls it: ``"success rate"``, ``"final distance (m)"``."""
+    metric: str
+    """Key of the eval JSON's ``aggregate`` block: ``"success_rate"``, ``"final_distance_mean"``."""
+    op: Comparison
+    """How the measured value must compare with the threshold."""
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.op not in _COMPARE:
+            raise ValueError(f"criterion {self.name!r}: op must be one of {', '.join(_COMPARE)}, got {self.op!r}")
+
+    def passes(self, value: float) -> bool:
+        """True when ``value`` meets the criterion (NaN never does)."""
+        return _COMPARE[self.op](value, self.threshold)

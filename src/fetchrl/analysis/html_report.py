@@ -20,9 +20,14 @@ from typing import Any
 
 from fetchrl import __version__
 from fetchrl.artifacts import AGGREGATE_FIELDS, EvalResult, RunPaths, TrainMeta, atomic_write_text, now_iso
-from fetchrl.config import Criteria
 from fetchrl.errors import FetchRLError
-from fetchrl.pipeline.report import BASELINE_NOTE, check_criteria, criteria_table, overall_pass
+from fetchrl.pipeline.report import (
+    BASELINE_NOTE,
+    CHAPTER_CRITERIA,
+    check_criteria,
+    criteria_table,
+    overall_pass,
+)
 
 #: Image types the page embeds, by file suffix (SVG is excluded: it can carry scripts and links).
 IMAGE_MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
@@ -149,12 +154,12 @@ def _criteria_section(result: EvalResult, baselines: list[EvalResult]) -> str:
             return value.lower()  # "pass" / "fail"
         return "" if column == 0 else "num"
 
-    crit = Criteria()
+    crit = {c.metric: c.threshold for c in CHAPTER_CRITERIA}
     out = [
         "<h2>Chapter criteria</h2>",
         _table(header, rows, cell_class),
-        f"<p class=\"note\">PASS needs all three: success rate &gt; {crit.min_success_rate:.0%}, mean return "
-        f"&gt; {crit.min_return_mean:g} and mean final distance &lt; {crit.max_final_distance:g} m.</p>",
+        f"<p class=\"note\">PASS needs all three: success rate &gt; {crit['success_rate']:.0%}, mean return "
+        f"&gt; {crit['return_mean']:g} and mean final distance &lt; {crit['final_distance_mean']:g} m.</p>",
     ]
     if baselines:
         out.append(f"<p>{esc(BASELINE_NOTE)}</p>")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fetchrl.artifacts import EvalResult, RunPaths, atomic_write_text
-from fetchrl.config import Criteria
+from fetchrl.config import Criterion
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,13 @@ class CriterionResult:
         return "PASS" if self.passed else "FAIL"
 
 
-CHAPTER_CRITERIA = Criteria()
+#: Chapter 2's criteria (section 3.4): the default of callers that do not pass their chapter's
+#: (``fetchrl.chapters.ch02`` states the same; tests/test_chapters.py pins them equal).
+CHAPTER_CRITERIA: tuple[Criterion, ...] = (
+    Criterion("success rate", "success_rate", ">", 0.90),
+    Criterion("mean return", "return_mean", ">", -10.0),
+    Criterion("final distance (m)", "final_distance_mean", "<", 0.02),
+)
 
 #: Why the report shows baselines; the markdown and HTML reports use these exact words.
 BASELINE_NOTE = (
@@ -33,19 +40,12 @@ BASELINE_NOTE = (
 )
 
 
-def check_criteria(result: EvalResult, criteria: Criteria = CHAPTER_CRITERIA) -> list[CriterionResult]:
-    """The chapter's three criteria (section 3.4) on an eval aggregate."""
-    agg = result.aggregate
-    rows = [
-        ("success rate", "success_rate", ">", criteria.min_success_rate),
-        ("mean return", "return_mean", ">", criteria.min_return_mean),
-        ("final distance (m)", "final_distance_mean", "<", criteria.max_final_distance),
-    ]
+def check_criteria(result: EvalResult, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> list[CriterionResult]:
+    """Each of a chapter's criteria on an eval aggregate, in the chapter's order."""
     out = []
-    for name, key, op, thr in rows:
-        value = float(agg[key])
-        passed = value > thr if op == ">" else value < thr
-        out.append(CriterionResult(name, key, value, op, thr, passed))
+    for c in criteria:
+        value = float(result.aggregate[c.metric])
+        out.append(CriterionResult(c.name, c.metric, value, c.op, c.threshold, c.passes(value)))
     return out
 
 
@@ -61,7 +61,8 @@ def _fmt(key: str, value: float) -> str:
     return f"{value:.2f}"
 
 
-def criteria_table(result: EvalResult, baselines: list[EvalResult] | None = None) -> tuple[list[str], list[list[str]]]:
+def criteria_table(result: EvalResult, baselines: list[EvalResult] | None = None, *,
+                   criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> tuple[list[str], list[list[str]]]:
     """Header and rows: criterion, threshold, trained, verdict, then one column per baseline.
 
     A column with a baseline's PASS next to it shows which criteria do not discriminate.
@@ -69,8 +70,8 @@ def criteria_table(result: EvalResult, baselines: list[EvalResult] | None = None
     baselines = baselines or []
     header = ["criterion", "threshold", "trained", "verdict"] + [f"{b.policy} policy" for b in baselines]
     rows = []
-    base_rows = [check_criteria(b) for b in baselines]
-    for i, r in enumerate(check_criteria(result)):
+    base_rows = [check_criteria(b, criteria) for b in baselines]
+    for i, r in enumerate(check_criteria(result, criteria)):
         row = [r.name, f"{r.op} {_fmt(r.key, r.threshold)}", _fmt(r.key, r.measured), r.verdict]
         for br in base_rows:
             b = br[i]
@@ -80,9 +81,9 @@ def criteria_table(result: EvalResult, baselines: list[EvalResult] | None = None
 
 
 def render_markdown(result: EvalResult, baselines: list[EvalResult] | None = None,
-                    diagnosis_md: str = "") -> str:
-    header, rows = criteria_table(result, baselines)
-    verdict = "PASS" if overall_pass(check_criteria(result)) else "FAIL"
+                    diagnosis_md: str = "", *, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> str:
+    header, rows = criteria_table(result, baselines, criteria=criteria)
+    verdict = "PASS" if overall_pass(check_criteria(result, criteria)) else "FAIL"
     lines = [
         f"# Chapter 2 report: PPO on {result.env_id}",
         "",
@@ -104,25 +105,26 @@ def render_markdown(result: EvalResult, baselines: list[EvalResult] | None = Non
 
 
 def write_report(paths: RunPaths, result: EvalResult, baselines: list[EvalResult] | None = None,
-                 diagnosis_md: str = "") -> str:
-    text = render_markdown(result, baselines, diagnosis_md)
+                 diagnosis_md: str = "", *, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> str:
+    text = render_markdown(result, baselines, diagnosis_md, criteria=criteria)
     atomic_write_text(paths.report_md, text)
     return text
 
 
-def print_criteria(result: EvalResult, baselines: list[EvalResult] | None = None, title: str = "") -> bool:
+def print_criteria(result: EvalResult, baselines: list[EvalResult] | None = None, title: str = "", *,
+                   criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> bool:
     """Print the criteria table (rich) and return the overall verdict."""
     from rich.console import Console
     from rich.table import Table
 
-    header, rows = criteria_table(result, baselines)
+    header, rows = criteria_table(result, baselines, criteria=criteria)
     table = Table(title=title or f"Chapter 2 criteria — {result.env_id}, {result.n_episodes} episodes")
     for h in header:
         table.add_column(h)
     for r in rows:
         style = "green" if r[3] == "PASS" else "red"
         table.add_row(*r[:3], f"[{style}]{r[3]}[/{style}]", *r[4:])
-    ok = overall_pass(check_criteria(result))
+    ok = overall_pass(check_criteria(result, criteria))
     console = Console()
     console.print(table)
     console.print(f"Overall: [bold {'green' if ok else 'red'}]{'PASS' if ok else 'FAIL'}[/]")

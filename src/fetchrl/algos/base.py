@@ -1,0 +1,193 @@
+"""What every algorithm module provides: a hyper-parameter dataclass and an :class:`Algorithm` descriptor.
+
+An algorithm module (``fetchrl.algos.ppo`` today; ``sac`` next) declares
+
+- one frozen dataclass, a subclass of :class:`AlgoConfig`, whose fields are SB3's keyword arguments
+  with the chapter's defaults, a docstring under each (it becomes the CLI flag's ``--help``) and
+  :class:`Bounds` on each number (they validate the dataclass *and* type the CLI flag);
+- one :class:`Algorithm`: its short name, the SB3 class, the fast class if there is one, the
+  dataclass, and the TensorBoard tags a healthy run must leave.
+
+This module imports neither torch nor SB3: the CLI builds ``--help`` from it, and that must stay fast.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import math
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fetchrl.errors import FetchRLError
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+T = TypeVar("T")
+
+#: Run settings that change the learning problem as much as a hyper-parameter does: they are written
+#: with the hyper-parameters into the metadata JSON, and a resumed run must match them too.
+RUN_HYPERPARAMETERS = ("n_envs",)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric hyper-parameter may take: an interval, open or closed at each end.
+
+    One description serves the dataclass's validation and the CLI flag's ``type``, so both accept the
+    same values and word a refusal the same way ("must be in (0, 1]", "must be a positive integer").
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def contains(self, value: object) -> bool:
+        """True for a finite number (an int if ``integer``; never a bool) inside the interval."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        """``"a positive integer"``, ``"in (0, 1]"``, ``"> 0"``, ``">= 0"``: what follows "must be"."""
+        if self.integer:
+            return "a positive integer" if self.low == 1 and self.high == math.inf else \
+                f"an integer in [{self.low:g}, {self.high:g}]"
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE_INT = Bounds(low=1, integer=True)
+POSITIVE = Bounds(low=0, low_open=True)
+NON_NEGATIVE = Bounds(low=0)
+UNIT_OPEN_CLOSED = Bounds(low=0, high=1, low_open=True)
+"""(0, 1]: a discount factor, PPO's clip range."""
+UNIT_CLOSED = Bounds(low=0, high=1)
+"""[0, 1]: GAE's lambda."""
+
+
+def hyperparameter(default: T, bounds: Bounds) -> T:
+    """A dataclass field that is a tunable hyper-parameter: a CLI flag, a sweep-grid name, validated."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (and of its dataclass bases), whitespace collapsed.
+
+    Python keeps no attribute docstrings at run time, so they are read from the source, as CleanRL's
+    ``tyro`` does; a class whose source is unavailable gets none. Returns ``{field name: text}``.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, after in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def flag_name(name: str) -> str:
+    """The CLI flag of a field: ``clip_range`` -> ``--clip-range``."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """Base of every algorithm's hyper-parameter dataclass (fields are declared by the subclass).
+
+    Subclasses list SB3's keyword arguments as fields after ``policy``; fields made with
+    :func:`hyperparameter` are validated here and offered as CLI flags and sweep-grid names.
+    """
+
+    policy: str = "MultiInputPolicy"
+    """SB3 policy class; ``MultiInputPolicy`` flattens Fetch's dict observation for the MLP."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every field by name, in declaration order (the metadata JSON's order)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def sb3_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the SB3 class (``policy`` is its first positional argument)."""
+        kwargs = self.hyperparameters
+        del kwargs["policy"]
+        return kwargs
+
+    @classmethod
+    def tunable_fields(cls) -> tuple[dataclasses.Field[Any], ...]:
+        """Fields with :class:`Bounds`: the CLI's flags and the names a sweep grid may vary."""
+        return tuple(f for f in dataclasses.fields(cls) if "bounds" in f.metadata)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        """Raise FetchRLError naming the flag, the allowed values and the bad one."""
+        for f in self.tunable_fields():
+            bounds: Bounds = f.metadata["bounds"]
+            value = getattr(self, f.name)
+            if not bounds.contains(value):
+                raise FetchRLError(f"{flag_name(f.name)} must be {bounds.describe()}, got {value!r}")
+
+    def check_run(self, n_envs: int) -> None:
+        """Checks that need the run's settings too (PPO: a minibatch fits in a rollout). None by default."""
+
+    def rollout_size(self, n_envs: int) -> int:
+        """Transitions collected between two updates (an off-policy algorithm: one step of every env)."""
+        return n_envs
+
+    def steps_trained(self, total_steps: int, n_envs: int) -> int:
+        """Steps SB3 really runs for ``total_steps``: ``learn`` stops at the first whole collection past it."""
+        size = self.rollout_size(n_envs)
+        return -(-total_steps // size) * size
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm as the pipeline and the chapters see it."""
+
+    name: str
+    """Short id: artifact names (``ppo_FetchReachDense-v4_seed0.zip``, ``runs/ppo/``), the meta JSON's ``algo``."""
+    title: str
+    """How the book writes it: ``PPO``."""
+    config_class: type[AlgoConfig]
+    """The hyper-parameter dataclass (SB3's names, the chapter's defaults)."""
+    load_sb3_class: Callable[[], type[BaseAlgorithm]]
+    """Returns SB3's class. A function, so that importing the descriptor does not import torch."""
+    load_fast_class: Callable[[], type[BaseAlgorithm]] | None
+    """Returns fetchrl's bit-equal fast subclass, or None when the algorithm has none."""
+    diagnostics_tags: tuple[str, ...]
+    """TensorBoard tags (``fetchrl.metrics``) every training run of this algorithm must leave."""
+
+    @property
+    def resume_names(self) -> tuple[str, ...]:
+        """Hyper-parameters a resumed run must match exactly (the meta JSON's ``hyperparameters`` keys)."""
+        fields = tuple(f.name for f in dataclasses.fields(self.config_class))  # type: ignore[arg-type]
+        return (*fields, *RUN_HYPERPARAMETERS)
+
+    def model_class(self, *, fast: bool) -> type[BaseAlgorithm]:
+        """The class to build or load a model with: the fast one on the fast path, else SB3's own."""
+        if fast and self.load_fast_class is not None:
+            return self.load_fast_class()
+        return self.load_sb3_class()

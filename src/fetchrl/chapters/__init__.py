@@ -1,0 +1,7 @@
+"""The book's chapters as data (:class:`~fetchrl.chapters.base.Chapter`), by id."""
+
+from fetchrl.chapters.base import Chapter
+from fetchrl.chapters.ch02 import CHAPTER as CH02
+
+#: Every chapter the ``fetchrl`` command offers, by id ("ch02").
+CHAPTERS: dict[str, Chapter] = {c.id: c for c in (CH02,)}
