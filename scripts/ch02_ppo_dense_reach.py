@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Chapter 2 — PPO on FetchReachDense: train / eval / report / all / multi-seed / ablate / sweep / check-env /
-diagnose / plot / video. A thin wrapper: everything lives in the ``fetchrl`` package (``fetchrl.cli``)."""
+diagnose / plot / video. A thin wrapper: the chapter is data (``fetchrl.chapters.ch02``), the CLI is ``fetchrl.cli``."""
 
 import sys
 from pathlib import Path
@@ -8,7 +8,8 @@ from pathlib import Path
 # Run from a checkout without installing: the package lives in src/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from fetchrl.chapters.ch02 import CHAPTER  # noqa: E402
 from fetchrl.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-    run()
+    run(CHAPTER)

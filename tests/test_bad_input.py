@@ -94,6 +94,12 @@ def _usage_cases() -> list[Case]:
         cases += [Case(f"{cmd}-clip-range={v}", _cmd(cmd, "--clip-range", v),
                        r"--clip-range: (clip range must be in \(0, 1\]|expected a number in \(0, 1\])")
                   for v in ("0", "1.5", "-0.1", "abc", "nan")]
+        # Every hyper-parameter flag takes its bounds from the algorithm's dataclass (fetchrl.algos.ppo).
+        cases += [Case(f"{cmd}-gamma=1.5", _cmd(cmd, "--gamma", "1.5"), r"--gamma: gamma must be in \(0, 1\], got 1.5"),
+                  Case(f"{cmd}-learning-rate=inf", _cmd(cmd, "--learning-rate", "inf"),
+                       r"--learning-rate: learning rate must be > 0, got inf"),
+                  Case(f"{cmd}-batch-larger-than-rollout", _cmd(cmd, "--n-envs", "2", "--n-steps", "8"),
+                       r"--batch-size 256 is larger than a rollout \(n_steps \* n_envs = 16\)")]
     cases.append(Case("ablate-clip-ranges=1.5", ("ablate", "--clip-ranges", "0.2", "1.5"),
                       r"--clip-ranges: clip range must be in \(0, 1\], got 1.5"))
     cases.append(Case("sweep-grid-clip-range=1.5", ("sweep", "--grid", "clip_range=0.2,1.5"),

@@ -1,23 +1,32 @@
-"""``scripts/ch02_ppo_dense_reach.py``: parse -> config -> library call -> say where results are.
+"""The chapters' command line, built from each chapter's spec (:mod:`fetchrl.chapters`).
 
-Every handler is short; the work lives in the stage modules. Bad input exits non-zero with one
-line on stderr (2 for usage errors), never a traceback.
+``scripts/ch02_ppo_dense_reach.py`` is ``run(CH02)``: the chapter's commands, with its defaults,
+criteria and artifact names; ``fetchrl ch02 ...`` (the installed console script) is the same parser
+one word down. The algorithm's hyper-parameter flags are generated from its dataclass's fields
+(name, type, bounds, default, docstring as help).
+
+parse -> config -> library call -> say where results are: every handler is short; the work lives
+in the stage modules. Bad input exits non-zero with one line on stderr (2 for usage errors), never
+a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fetchrl.algos.base import Bounds, field_docs, flag_name
 from fetchrl.artifacts import RunPaths
-from fetchrl.config import DEFAULT_ENV_ID, EvalConfig, TrainConfig
+from fetchrl.chapters import CH02, CHAPTERS
+from fetchrl.chapters.base import Chapter
+from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
-
-_DEFAULTS = TrainConfig()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,74 +56,83 @@ _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
-def _clip_range(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"clip range must be in (0, 1], got {value}")
-    return value
+def _bounded(name: str, bounds: Bounds) -> Callable[[str], int | float]:
+    """An argparse ``type`` for a hyper-parameter: the values its dataclass accepts, worded the same way."""
+    label = name.replace("_", " ")
+
+    def parse(text: str) -> int | float:
+        try:
+            value: int | float = int(text) if bounds.integer else float(text)
+        except ValueError:
+            expected = bounds.describe() if bounds.integer else f"a number {bounds.describe()}"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not bounds.contains(value):
+            if bounds.integer:
+                raise argparse.ArgumentTypeError(f"expected {bounds.describe()}, got {value}")
+            raise argparse.ArgumentTypeError(f"{label} must be {bounds.describe()}, got {value}")
+        return value
+
+    return parse
 
 
-def _finite_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+def _chapter(args: argparse.Namespace) -> Chapter:
+    chapter: Chapter = args.chapter
+    return chapter
 
 
 # ============================================================================ shared options
-def _run_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _run_options(chapter: Chapter) -> _Parser:
+    d = chapter.defaults
+    p = _Parser(add_help=False)
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=_non_negative_int, default=_DEFAULTS.seed, help="training seed (default 0)")
-    g.add_argument("--env-id", default=DEFAULT_ENV_ID, help=f"Gymnasium id (default {DEFAULT_ENV_ID})")
+    g.add_argument("--seed", type=_non_negative_int, default=d.seed, help=f"training seed (default {d.seed})")
+    g.add_argument("--env-id", default=d.env_id, help=f"Gymnasium id (default {d.env_id})")
     g.add_argument("--root", type=Path, default=Path("."),
                    help="directory holding checkpoints/, results/, runs/, videos/ (default .)")
-    g.add_argument("--device", default=_DEFAULTS.device, help="cpu (default; SB3's advice for MLP PPO), cuda, auto")
+    g.add_argument("--device", default=d.device, help="cpu (default; SB3's advice for MLP PPO), cuda, auto")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--reference-env", action="store_true",
                    help="step Gymnasium-Robotics' own env instead of fetchrl's identical fast one")
     return p
 
 
-def _train_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("PPO (the chapter's defaults)")
-    g.add_argument("--total-steps", type=_positive_int, default=_DEFAULTS.total_steps)
-    g.add_argument("--n-envs", type=_positive_int, default=_DEFAULTS.n_envs)
-    g.add_argument("--n-steps", type=_positive_int, default=_DEFAULTS.n_steps)
-    g.add_argument("--batch-size", type=_positive_int, default=_DEFAULTS.batch_size)
-    g.add_argument("--n-epochs", type=_positive_int, default=_DEFAULTS.n_epochs)
-    g.add_argument("--learning-rate", type=_finite_float, default=_DEFAULTS.learning_rate)
-    g.add_argument("--clip-range", type=_clip_range, default=_DEFAULTS.clip_range)
-    g.add_argument("--gae-lambda", type=_finite_float, default=_DEFAULTS.gae_lambda)
-    g.add_argument("--gamma", type=_finite_float, default=_DEFAULTS.gamma)
-    g.add_argument("--ent-coef", type=_finite_float, default=_DEFAULTS.ent_coef)
-    g.add_argument("--vf-coef", type=_finite_float, default=_DEFAULTS.vf_coef)
-    g.add_argument("--max-grad-norm", type=_finite_float, default=_DEFAULTS.max_grad_norm)
+def _field_help(docs: dict[str, str], name: str, default: object) -> str | None:
+    """A dataclass field's docstring and default as a flag's help text."""
+    return f"{docs[name]} (default {default})".replace("%", "%%") if name in docs else None
+
+
+def _train_options(chapter: Chapter) -> _Parser:
+    """Run length and parallelism, then one flag per tunable field of the algorithm's dataclass
+    (``clip_range`` -> ``--clip-range``: its bounds type the flag, its docstring is the help)."""
+    d, algo = chapter.defaults, chapter.defaults.algo
+    run_docs, algo_docs = field_docs(TrainConfig), field_docs(type(algo))
+    p = _Parser(add_help=False)
+    g = p.add_argument_group(f"{chapter.algorithm.title} (the chapter's defaults)")
+    for name in ("total_steps", "n_envs"):
+        g.add_argument(flag_name(name), type=_positive_int, default=getattr(d, name),
+                       help=_field_help(run_docs, name, getattr(d, name)))
+    for f in algo.tunable_fields():
+        default = getattr(algo, f.name)
+        g.add_argument(flag_name(f.name), type=_bounded(f.name, f.metadata["bounds"]), default=default,
+                       help=_field_help(algo_docs, f.name, default))
     g.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True): bit-identical reruns on CPU")
     return p
 
 
-def _eval_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--n-eval-episodes", type=_positive_int, default=EvalConfig().n_episodes,
-                   help="deterministic evaluation episodes (default 100)")
+def _eval_options(chapter: Chapter) -> _Parser:
+    episodes = chapter.eval_defaults.n_episodes
+    p = _Parser(add_help=False)
+    p.add_argument("--n-eval-episodes", type=_positive_int, default=episodes,
+                   help=f"deterministic evaluation episodes (default {episodes})")
     return p
 
 
-def _sweep_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _sweep_options(chapter: Chapter) -> _Parser:
+    p = _Parser(add_help=False)
     g = p.add_argument_group("sweep")
-    g.add_argument("--seeds", type=_positive_int, default=5, help="seeds 0..N-1 (default 5)")
+    g.add_argument("--seeds", type=_positive_int, default=chapter.seeds,
+                   help=f"seeds 0..N-1 (default {chapter.seeds})")
     g.add_argument("--workers", type=_positive_int, default=None,
                    help="trials in flight at once (default: the core count; with --backend ray: the cluster's CPUs)")
     g.add_argument("--backend", choices=("local", "ray"), default="local")
@@ -125,21 +143,21 @@ def _sweep_options() -> argparse.ArgumentParser:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        env_id=args.env_id, seed=args.seed, total_steps=args.total_steps, n_envs=args.n_envs, n_steps=args.n_steps,
-        batch_size=args.batch_size, n_epochs=args.n_epochs, learning_rate=args.learning_rate,
-        clip_range=args.clip_range, gae_lambda=args.gae_lambda, gamma=args.gamma, ent_coef=args.ent_coef,
-        vf_coef=args.vf_coef, max_grad_norm=args.max_grad_norm, device=args.device,
+    chapter = _chapter(args)
+    hyperparameters = {f.name: getattr(args, f.name) for f in chapter.defaults.algo.tunable_fields()}
+    return chapter.defaults.replace(
+        env_id=args.env_id, seed=args.seed, total_steps=args.total_steps, n_envs=args.n_envs, device=args.device,
         deterministic_torch=args.deterministic, fast_env=not args.reference_env,
+        algo=dataclasses.replace(chapter.defaults.algo, **hyperparameters),
     )
 
 
 def _paths(args: argparse.Namespace, seed: int | None = None) -> RunPaths:
-    return RunPaths(args.env_id, args.seed if seed is None else seed, args.root)
+    return _chapter(args).paths(args.env_id, args.seed if seed is None else seed, args.root)
 
 
 def _eval_config(args: argparse.Namespace) -> EvalConfig:
-    return EvalConfig(n_episodes=args.n_eval_episodes)
+    return dataclasses.replace(_chapter(args).eval_defaults, n_episodes=args.n_eval_episodes)
 
 
 # ============================================================================ handlers
@@ -237,69 +255,164 @@ def cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
-# ============================================================================ parser
-def build_parser() -> argparse.ArgumentParser:
-    run, trn, evl, swp = _run_options(), _train_options(), _eval_options(), _sweep_options()
-    parser = _Parser(prog="ch02_ppo_dense_reach.py",
-                     description="Chapter 2: PPO on FetchReachDense — train, evaluate, report, diagnose.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+# ============================================================================ commands
+_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_BASELINE_WORDS = {"random": "random", "zero": "zero-action"}
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str,
-            parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, parents=list(parents))  # type: ignore[arg-type]
-        p.set_defaults(handler=handler)
-        return p
 
-    p = add("train", cmd_train, "check the env, then train PPO and write checkpoint, meta JSON, TensorBoard logs",
-            [run, trn])
+def _words(chapter: Chapter) -> dict[str, str]:
+    """What the commands' help texts say about a chapter: ``{algo}``, ``{n_criteria}``, ``{baselines}``..."""
+    n = len(chapter.criteria)
+    baselines = [_BASELINE_WORDS[b] for b in chapter.baselines]
+    words = {
+        "algo": chapter.algorithm.title,
+        "n_criteria": _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n),
+        "baselines": " and ".join(baselines) if len(baselines) <= 2 else ", ".join(baselines),
+        "grid_example": f"{chapter.defaults.algo.tunable_fields()[0].name}=...",
+    }
+    if chapter.ablation is not None:
+        a = chapter.ablation
+        words |= {"exercise": a.exercise, "param": a.param,
+                  "grid_example": f"{a.param}={','.join(str(v) for v in a.values[:2])}"}
+    return words
+
+
+def _train_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--resume", action="store_true", help="continue this seed's checkpoint up to --total-steps")
     p.add_argument("--force", action="store_true", help="resume even if hyper-parameters or versions differ")
     p.add_argument("--checkpoint-every", type=_positive_int, default=0, metavar="STEPS",
                    help="also checkpoint at the first rollout boundary after every STEPS steps (default: "
                         "only at the end and on Ctrl-C/SIGTERM)")
-    add("eval", cmd_eval, "evaluate the seed's checkpoint on deterministic, seeded episodes -> eval JSON",
-        [run, evl])
-    add("report", cmd_report, "PASS/FAIL against the chapter's three criteria (exit 0/1), beside random and "
-        "zero-action baselines", [run])
-    p = add("all", cmd_all, "check-env, train, eval, report, diagnose, plots, video, HTML report", [run, trn, evl])
+
+
+def _all_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--no-video", action="store_true", help="skip the GIF (and its HTML section)")
     p.add_argument("--resume", action="store_true",
                    help="continue this seed's interrupted training (as train --resume), then evaluate and report")
-    add("multi-seed", cmd_multi_seed, "train + evaluate seeds 0..N-1 in parallel; aggregate mean ± std",
-        [run, trn, evl, swp])
-    p = add("ablate", cmd_ablate, "exercise 2.4: train every clip_range setting x seeds; compare", [run, trn, evl, swp])
-    p.add_argument("--clip-ranges", type=_clip_range, nargs="+", default=[0.1, 0.2, 0.4])
-    p.set_defaults(seeds=1)
-    p = add("sweep", cmd_sweep, "grid over seeds x PPO hyper-parameters (e.g. --grid clip_range=0.1,0.2)",
-            [run, trn, evl, swp])
+
+
+def _ablate_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
+    if chapter.ablation is None:
+        raise ValueError(f"{chapter.id} offers 'ablate' but has no ablation")
+    a = chapter.ablation
+    bounds = chapter.algorithm.config_class.tunable_fields()
+    field = next(f for f in bounds if f.name == a.param)
+    p.add_argument(f"{flag_name(a.param)}s", dest=f"{a.param}s", type=_bounded(a.param, field.metadata["bounds"]),
+                   nargs="+", default=list(a.values))
+    p.set_defaults(seeds=a.seeds)
+
+
+def _sweep_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2")
     p.add_argument("--name", default="sweep", help="sweep name: artifacts under sweeps/NAME/ (default sweep)")
-    add("check-env", cmd_check_env, "the chapter's common-failure checks: shapes, bounds, reward range", [run])
-    p = add("diagnose", cmd_diagnose, "read the TensorBoard logs against the chapter's warning signs", [run])
+
+
+def _diagnose_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--logdir", type=Path, default=None, help="run directory (default: the seed's)")
     p.add_argument("--json", action="store_true", help="print findings as JSON")
-    p = add("plot", cmd_plot, "PNG curves of a run (and of seeds 0..N-1 with --seeds N)", [run])
+
+
+def _plot_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--seeds", type=_positive_int, default=None)
-    p = add("video", cmd_video, "GIF (and MP4 with ffmpeg) of the trained policy with distance overlay", [run])
+
+
+def _video_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--episodes", type=_positive_int, default=5)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One CLI command a chapter may offer (``Chapter.commands`` names them)."""
+
+    handler: Callable[[argparse.Namespace], int]
+    help: str
+    """Formatted with :func:`_words` of the chapter."""
+    options: tuple[str, ...]
+    """Shared option groups: ``run``, ``train``, ``eval``, ``sweep``."""
+    extras: Callable[[argparse.ArgumentParser, Chapter], None] | None = None
+    builds_envs: bool = True
+    """Its --env-id is checked (and MuJoCo's GL backend chosen) before any work."""
+    writes: bool = True
+    """Its --root must be able to hold output; checked before any work."""
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(cmd_train, "check the env, then train {algo} and write checkpoint, meta JSON, TensorBoard logs",
+                     ("run", "train"), _train_extras),
+    "eval": Command(cmd_eval, "evaluate the seed's checkpoint on deterministic, seeded episodes -> eval JSON",
+                    ("run", "eval")),
+    "report": Command(cmd_report, "PASS/FAIL against the chapter's {n_criteria} criteria (exit 0/1), beside "
+                      "{baselines} baselines", ("run",)),
+    "all": Command(cmd_all, "check-env, train, eval, report, diagnose, plots, video, HTML report",
+                   ("run", "train", "eval"), _all_extras),
+    "multi-seed": Command(cmd_multi_seed, "train + evaluate seeds 0..N-1 in parallel; aggregate mean ± std",
+                          ("run", "train", "eval", "sweep")),
+    "ablate": Command(cmd_ablate, "exercise {exercise}: train every {param} setting x seeds; compare",
+                      ("run", "train", "eval", "sweep"), _ablate_extras),
+    "sweep": Command(cmd_sweep, "grid over seeds x {algo} hyper-parameters (e.g. --grid {grid_example})",
+                     ("run", "train", "eval", "sweep"), _sweep_extras),
+    "check-env": Command(cmd_check_env, "the chapter's common-failure checks: shapes, bounds, reward range", ("run",),
+                         writes=False),
+    "diagnose": Command(cmd_diagnose, "read the TensorBoard logs against the chapter's warning signs", ("run",),
+                        _diagnose_extras, builds_envs=False, writes=False),
+    "plot": Command(cmd_plot, "PNG curves of a run (and of seeds 0..N-1 with --seeds N)", ("run",), _plot_extras,
+                    builds_envs=False),
+    "video": Command(cmd_video, "GIF (and MP4 with ffmpeg) of the trained policy with distance overlay", ("run",),
+                     _video_extras),
+}
+
+
+# ============================================================================ parser
+def add_chapter_commands(parser: argparse.ArgumentParser, chapter: Chapter) -> None:
+    """Give ``parser`` one subcommand per command the chapter offers, with the chapter's defaults."""
+    shared = {"run": _run_options(chapter), "train": _train_options(chapter), "eval": _eval_options(chapter),
+              "sweep": _sweep_options(chapter)}
+    words = _words(chapter)
+    parser.set_defaults(chapter=chapter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for name in chapter.commands:
+        command = COMMANDS[name]
+        help_ = command.help.format(**words)
+        p = sub.add_parser(name, help=help_, description=help_,
+                           parents=[shared[o] for o in command.options])
+        p.set_defaults(handler=command.handler)
+        if command.extras is not None:
+            command.extras(p, chapter)
+
+
+def _description(chapter: Chapter) -> str:
+    return f"Chapter {chapter.number}: {chapter.title} — train, evaluate, report, diagnose."
+
+
+def build_parser(chapter: Chapter = CH02) -> argparse.ArgumentParser:
+    """The parser of one chapter's script (``prog`` is the script's name)."""
+    parser = _Parser(prog=Path(chapter.script).name, description=_description(chapter))
+    add_chapter_commands(parser, chapter)
     return parser
 
 
-#: Commands that build environments (their --env-id is checked first) and that write under --root.
-_ENV_COMMANDS = frozenset({"train", "eval", "report", "all", "multi-seed", "ablate", "sweep", "check-env",
-                           "video"})
-_WRITING_COMMANDS = frozenset({"train", "eval", "report", "all", "multi-seed", "ablate", "sweep", "plot", "video"})
+def build_fetchrl_parser() -> argparse.ArgumentParser:
+    """The ``fetchrl`` console script's parser: ``fetchrl CHAPTER COMMAND [options]``."""
+    parser = _Parser(prog="fetchrl", description="The book's chapters, one subcommand each: fetchrl CHAPTER "
+                     "COMMAND [options] runs the same command as the chapter's script.")
+    sub = parser.add_subparsers(dest="chapter_id", required=True, metavar="CHAPTER", parser_class=_Parser)
+    for chapter in CHAPTERS.values():
+        p = sub.add_parser(chapter.id, help=f"{chapter.title} (as {chapter.script})",
+                           description=_description(chapter))
+        add_chapter_commands(p, chapter)
+    return parser
 
 
 def _preflight(args: argparse.Namespace) -> None:
     """Fail before any work (and before worker processes start) on an unknown env id or an unusable --root."""
-    if args.command in _WRITING_COMMANDS:
+    command = COMMANDS[args.command]
+    if command.writes:
         existing = args.root
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise FetchRLError(f"--root {args.root} cannot hold output: {existing} is not a writable directory")
-    if args.command in _ENV_COMMANDS:
+    if command.builds_envs:
         from fetchrl.tasks import envs
 
         # MuJoCo picks its GL backend when first imported: choose EGL on a headless machine before that,
@@ -308,8 +421,7 @@ def _preflight(args: argparse.Namespace) -> None:
         envs.validate_env_id(args.env_id)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         _preflight(args)
         return int(args.handler(args))
@@ -321,6 +433,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run(argv: Sequence[str] | None = None) -> Any:
-    """Entry point for scripts: exit with main's code."""
-    raise SystemExit(main(argv))
+def main(argv: Sequence[str] | None = None, chapter: Chapter = CH02) -> int:
+    """One chapter's command line (chapter 2's by default); returns the exit code."""
+    return _dispatch(build_parser(chapter).parse_args(argv))
+
+
+def fetchrl_main(argv: Sequence[str] | None = None) -> int:
+    """The ``fetchrl`` console script: ``fetchrl ch02 train --seed 0``; returns the exit code."""
+    return _dispatch(build_fetchrl_parser().parse_args(argv))
+
+
+def run(chapter: Chapter = CH02, argv: Sequence[str] | None = None) -> Any:
+    """Entry point of a chapter's script: exit with :func:`main`'s code."""
+    raise SystemExit(main(argv, chapter))
