@@ -1,4 +1,4 @@
-"""SB3 callbacks: progress display and the gentle stop used on Ctrl-C / SIGTERM."""
+"""SB3 callbacks: progress display, the gentle stop used on Ctrl-C / SIGTERM, and every update in the logs."""
 
 from __future__ import annotations
 
@@ -63,3 +63,39 @@ class StopFlagCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         return not self.should_stop()
+
+
+class UpdateLogCallback(BaseCallback):
+    """Write each PPO update's ``train/*`` scalars at the step of that update — the last update too.
+
+    SB3's on-policy ``learn`` records an update's ``train/*`` values in ``train()`` and writes them
+    with the *next* iteration's ``dump_logs``: one rollout late, and never for the last update (a
+    one-rollout run has no ``train/*`` curve at all). This callback writes them as soon as the update
+    is done: in ``on_rollout_start`` (after the update, before the next env step) and in
+    ``on_training_end`` (after the last update), at ``num_timesteps``, the step the update was made
+    at. Update ``k`` of a run with rollouts of ``R`` steps is then logged at ``k * R``, next to the
+    ``rollout/*`` values of the rollout it learned from (as the from-scratch lab logs it), and
+    SB3's own ``dump_logs`` finds nothing of ``train/*`` left to write. (A plain SB3 run shows the
+    same values one rollout later, without its last update.)
+
+    Put it *first* in the callback list: the logger is then empty when
+    :class:`~fetchrl.pipeline.resume.RolloutSnapshots` captures a rollout boundary, so a resumed run
+    does not write the same update twice. Nothing is written when no ``train/*`` value is pending (a
+    run stopped mid-rollout already wrote its last update at that rollout's start); a checkpoint
+    saved before this callback existed still holds its last update pending, and resuming it writes
+    that update at the resumed boundary.
+    """
+
+    def _flush(self) -> None:
+        logger = self.model.logger
+        if any(key.startswith("train/") for key in logger.name_to_value):
+            logger.dump(step=self.model.num_timesteps)
+
+    def _on_rollout_start(self) -> None:
+        self._flush()
+
+    def _on_training_end(self) -> None:
+        self._flush()
+
+    def _on_step(self) -> bool:
+        return True

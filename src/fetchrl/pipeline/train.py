@@ -33,7 +33,7 @@ from typing import Any
 from fetchrl.artifacts import RunPaths, TrainMeta, collect_versions, now_iso
 from fetchrl.config import ALGO, HYPERPARAMETER_NAMES, TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.pipeline.callbacks import ProgressCallback, StopFlagCallback
+from fetchrl.pipeline.callbacks import ProgressCallback, StopFlagCallback, UpdateLogCallback
 from fetchrl.pipeline.resume import ResumeState, Snapshot
 from fetchrl.tasks import envs
 
@@ -282,7 +282,7 @@ def _train(config: TrainConfig, paths: RunPaths, stop: StopRequest, *, progress:
         model.set_logger(configure(str(paths.tb_dir), ["tensorboard"]))
         write = _CheckpointWriter(config, paths, model)
         snapshots = RolloutSnapshots(write, every=checkpoint_every, wall_offset=prior_wall)
-        callbacks = [snapshots, StopFlagCallback(stop),
+        callbacks = [UpdateLogCallback(), snapshots, StopFlagCallback(stop),  # UpdateLog first: see its doc
                      ProgressCallback(config.steps_in_whole_rollouts, f"train seed {config.seed}", start=model.num_timesteps,
                                       disable=not progress)]
         if state is not None:  # last, right before learn: nothing else may draw from the generators
