@@ -177,10 +177,41 @@ def test_diagnosis_findings_table(run: RunPaths, result: EvalResult, baselines: 
     page = _page(run, result, baselines, diagnosis=_Diagnosis(findings, healthy=False))
     headers = re.findall(r"<th>([^<]*)</th>", page.split("Training diagnosis")[1].split("</table>")[0])
     assert headers[:6] == ["id", "signal", "severity", "evidence", "likely problem", "fix"]
-    assert '<td class="sev-warning">warning</td>' in page and '<td class="sev-ok">ok</td>' in page
+    assert '<td class="sev-warning">WARNING</td>' in page and '<td class="sev-ok">ok</td>' in page
     assert "lower --learning-rate" in page and "median: 0.061" in page and "warning signs" in page
     healthy = _page(run, result, baselines, diagnosis=_Diagnosis([], healthy=True))
     assert "healthy" in healthy.split("Training diagnosis")[1]
+
+
+def test_outside_range_reads_as_in_the_markdown_report(run: RunPaths, result: EvalResult,
+                                                      baselines: list[EvalResult]) -> None:
+    """A band left late in training: its own verdict, the step and share, the Markdown's summary word for word."""
+    from fetchrl import metrics
+    from fetchrl.analysis import diagnose
+    from fetchrl.analysis.tbreader import Series
+
+    n = 20
+    steps = np.arange(1, n + 1, dtype=np.int64) * 8192
+    kl = np.where(np.arange(n) >= 12, 0.035, 0.012)  # 8/20 outside, from update 13 on
+    scalars = {
+        metrics.EP_REW_MEAN: Series(steps, np.linspace(-12.0, -1.0, n)),
+        metrics.SUCCESS_RATE: Series(steps, np.linspace(0.0, 1.0, n)),
+        metrics.VALUE_LOSS: Series(steps, np.linspace(3.0, 0.1, n)),
+        metrics.APPROX_KL: Series(steps, kl),
+        metrics.CLIP_FRACTION: Series(steps, np.full(n, 0.2)),
+        metrics.ENTROPY_LOSS: Series(steps, np.linspace(-5.7, -3.0, n)),
+    }
+    diagnosis = diagnose.diagnose_scalars(scalars)
+    assert diagnosis.healthy and [f.id for f in diagnosis.outside_range] == ["approx_kl_range"]
+    page = _page(run, result, baselines, diagnosis=diagnosis)
+    section = page.split("Training diagnosis")[1]
+    assert '<span class="badge pass">healthy</span>' in section  # information, not a warning sign
+    assert '<td class="sev-outsiderange">outside range</td>' in section
+    assert html.escape(f"Diagnosis: {diagnosis.summary()}.", quote=True) in section
+    assert f"approx_kl_range from step {steps[12]:,}" in diagnosis.summary()
+    assert f"<td>{steps[12]:,}</td>" in section  # at step
+    assert html.escape("8/20 updates (40%) outside < 0.03, mostly outside from step 106,496 on") in section
+    assert f"**Diagnosis: {diagnosis.summary()}.**" in diagnosis.to_markdown()
 
 
 def test_full_run_end_to_end(run: RunPaths, result: EvalResult, baselines: list[EvalResult]) -> None:

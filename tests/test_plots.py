@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fetchrl import metrics
-from fetchrl.analysis import plots
-from fetchrl.analysis.tbreader import Series
+from fetchrl.analysis import diagnose, plots
+from fetchrl.analysis.tbreader import Series, read_scalars
 from fetchrl.artifacts import RunPaths, ablation_plot_path, multi_seed_plot_path
 from fetchrl.config import TrainConfig
 from fetchrl.errors import FetchRLError
@@ -134,3 +134,37 @@ def test_failed_plot_leaves_previous_png_untouched(tmp_path: Path) -> None:
         plots.plot_ablation({"a": [write_run(tmp_path / "a", 0)], "b": [tmp_path / "nope"]}, out)
     assert out.read_bytes() == b"previous"
     assert no_temp_files_left(out.parent)
+
+
+# ---------------------------------------------------------------- the diagnosis in the figure
+def test_band_legends_use_the_diagnosis_words(tmp_path: Path) -> None:
+    """The panel note is the band the diagnosis judges by; the legend carries the table's verdict and phrase."""
+    logdir = write_run(tmp_path / "run", seed=0)
+    kl = Series(np.arange(1, 13) * 1024, np.where(np.arange(12) >= 6, 0.04, 0.01))
+    finding = diagnose.check_approx_kl_range(kl)
+    assert finding.severity == "outside_range"
+    label = plots.diagnosis_label(finding).replace("\n", " ")
+    assert label.startswith("diagnose: outside range — ")
+    assert diagnose.band_phrase(finding.observed, diagnose.APPROX_KL_BAND) in label
+    assert "6/12 updates (50%) outside < 0.03, mostly outside from step 7,168 on" in label
+    assert plots.HEALTHY_NOTE[metrics.APPROX_KL] in finding.evidence  # "healthy: < 0.03, occasional spikes OK"
+    healthy = diagnose.check_clip_fraction_range(read_scalars(logdir, [metrics.CLIP_FRACTION])[metrics.CLIP_FRACTION])
+    assert plots.diagnosis_label(healthy).startswith("diagnose: ok — 0/12 updates (0%) outside 0.1–0.3")
+    out = plots.plot_run(logdir, tmp_path / "curves.png")
+    assert png_size(out)[0] > 0
+
+
+def test_plot_run_marks_an_entropy_collapse(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = write_run(tmp_path / "run", seed=1)
+    writer = SummaryWriter(log_dir=str(logdir))  # a second file: entropy 0 from update 3 on, success ~0
+    try:
+        for i in range(12):
+            writer.add_scalar(metrics.ENTROPY_LOSS, 0.0 if i >= 2 else -5.0, 1024 * (i + 1))
+    finally:
+        writer.close()
+    collapse = next(f for f in diagnose.diagnose(logdir).findings if f.id == "entropy_collapse")
+    assert collapse.severity == "warning" and collapse.at_step == 3 * 1024
+    assert plots.diagnosis_label(collapse) == "diagnose: WARNING entropy_collapse at step 3,072"
+    assert png_size(plots.plot_run(logdir, tmp_path / "curves.png"))[0] > 0

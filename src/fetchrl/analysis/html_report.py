@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fetchrl import __version__
+from fetchrl.analysis.diagnose import VERDICT
 from fetchrl.artifacts import AGGREGATE_FIELDS, EvalResult, RunPaths, TrainMeta, atomic_write_text, now_iso
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline.report import (
@@ -33,7 +34,7 @@ from fetchrl.pipeline.report import (
 IMAGE_MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
               ".webp": "image/webp"}
 #: Finding fields shown first, in this order (``fetchrl.analysis.diagnose.Finding``'s); any other field follows.
-FINDING_FIRST = ("id", "signal", "severity", "evidence", "likely_problem", "fix")
+FINDING_FIRST = ("id", "signal", "severity", "evidence", "likely_problem", "fix", "at_step")
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _CSS = """
@@ -54,6 +55,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .sev-warning, .sev-error, .sev-critical { color: #c0392b; font-weight: 700; }
 .sev-ok { color: #1f8a3b; }
 .sev-info { color: #b9770e; }
+.sev-outsiderange { color: #8e44ad; font-weight: 700; }
 img { max-width: 100%; border: 1px solid #d9dee3; }
 code { background: #f1f4f6; padding: 0 .25rem; border-radius: .2rem; word-break: break-all; }
 .note { color: #5b6670; font-size: .92rem; }
@@ -177,6 +179,17 @@ def _severity_class(value: Any) -> str:
     return "sev-" + re.sub(r"[^a-z]", "", str(value).lower())
 
 
+def _finding_cell(column: str, value: Any) -> str:
+    """A finding's field as shown: severities in the tables' words ("outside range"), steps with commas."""
+    if value in (None, ""):
+        return "—"
+    if column == "severity":
+        return VERDICT.get(str(value), str(value))
+    if column == "at_step" and isinstance(value, int):
+        return f"{value:,}"
+    return _fmt(value)
+
+
 def _diagnosis_section(diagnosis: Any | None) -> str:
     title = "<h2>Training diagnosis</h2>"
     if diagnosis is None:
@@ -187,12 +200,14 @@ def _diagnosis_section(diagnosis: Any | None) -> str:
     verdict = ("<p><span class=\"badge pass\">healthy</span> none of the chapter's warning signs in the "
                "training curves.</p>" if healthy else
                "<p><span class=\"badge fail\">warning signs</span> see the findings below.</p>")
+    if data.get("summary"):  # the terminal's and the Markdown report's verdict line, word for word
+        verdict += f"<p><strong>Diagnosis: {esc(data['summary'])}.</strong></p>"
     if data.get("logdir"):
         verdict += f"<p class=\"note\">Read from <code>{esc(data['logdir'])}</code>.</p>"
     if not findings:
         return title + verdict
     columns = _finding_columns(findings)
-    rows = [[_fmt(f.get(c)) if f.get(c) not in (None, "") else "—" for c in columns] for f in findings]
+    rows = [[_finding_cell(c, f.get(c)) for c in columns] for f in findings]
     severity_col = columns.index("severity") if "severity" in columns else -1
 
     def cell_class(column: int, value: str) -> str:

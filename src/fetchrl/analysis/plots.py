@@ -15,6 +15,7 @@ interquartile mean (IQM) with its 95 % stratified-bootstrap CI from rliable
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -39,22 +40,22 @@ HEALTHY_NOTE: Final = {
     metrics.EP_REW_MEAN: "healthy: steadily increasing",
     metrics.SUCCESS_RATE: "healthy: 0 → 1 over training",
     metrics.VALUE_LOSS: "healthy: high initially, decreases, stabilizes",
-    metrics.APPROX_KL: f"healthy: < {diagnose.APPROX_KL_HEALTHY}, occasional spikes OK",
-    metrics.CLIP_FRACTION: "healthy: {}–{}".format(*diagnose.CLIP_FRACTION_HEALTHY),
+    metrics.APPROX_KL: diagnose.APPROX_KL_BAND.label,
+    metrics.CLIP_FRACTION: diagnose.CLIP_FRACTION_BAND.label,
     metrics.ENTROPY_LOSS: "healthy: slowly moves toward 0",
 }
-#: The chapter's healthy bands (low, high) — shaded green.
-HEALTHY_BAND: Final = {
-    metrics.APPROX_KL: (0.0, diagnose.APPROX_KL_HEALTHY),
-    metrics.CLIP_FRACTION: diagnose.CLIP_FRACTION_HEALTHY,
-}
-#: fetchrl.analysis.diagnose's warning thresholds — dashed red lines.
+#: The chapter's healthy bands (low, high) — shaded green (``diagnose.HEALTHY_BANDS``; "< 0.03" from 0).
+HEALTHY_BAND: Final = {tag: (band.low if math.isfinite(band.low) else 0.0, band.high)
+                       for tag, band in diagnose.HEALTHY_BANDS.items()}
+#: fetchrl.analysis.diagnose's "consistently above" warning thresholds — dashed red lines.
 WARNING_LINE: Final = {
     metrics.APPROX_KL: diagnose.APPROX_KL_HIGH,
     metrics.CLIP_FRACTION: diagnose.CLIP_FRACTION_SATURATED,
-    metrics.ENTROPY_LOSS: -diagnose.ENTROPY_ZERO_TOL,
 }
-_GUIDES: Final = ("chapter's healthy range", "fetchrl diagnose warning line")
+#: Legend labels of the guides start with these (data lines are left out of the guide legends).
+_GUIDES: Final = ("chapter's healthy range", "fetchrl diagnose warning line", "diagnose:")
+#: The band check of each banded curve, whose verdict ``plot_run`` writes into the panel's legend.
+_BAND_CHECKS: Final = {metrics.APPROX_KL: "approx_kl_range", metrics.CLIP_FRACTION: "clip_fraction_range"}
 
 
 # ---------------------------------------------------------------- numbers
@@ -145,9 +146,10 @@ def _decorate(ax: Axes, tag: str, data: Sequence[np.ndarray]) -> None:
         low, high = HEALTHY_BAND[tag]
         if ax.get_yscale() == "log":
             low = min(float(finite.min()), high) / 10  # log axis: "0" is a decade below the data or band
-        ax.axhspan(low, high, color="tab:green", alpha=0.15, lw=0, label=_GUIDES[0])
+        ax.axhspan(low, high, color="tab:green", alpha=0.15, lw=0,
+                   label=f"{_GUIDES[0]} {diagnose.HEALTHY_BANDS[tag].text}")
     if tag in WARNING_LINE:
-        ax.axhline(WARNING_LINE[tag], color="tab:red", ls="--", lw=1, label=_GUIDES[1])
+        ax.axhline(WARNING_LINE[tag], color="tab:red", ls="--", lw=1, label=f"{_GUIDES[1]} ({WARNING_LINE[tag]:g})")
     if tag == metrics.SUCCESS_RATE:
         ax.set_ylim(-0.03, 1.03)
 
@@ -162,7 +164,7 @@ def _draw_band(ax: Axes, grid: np.ndarray, values: np.ndarray, colour: str, labe
 
 def _legend_guides(ax: Axes) -> None:
     """Legend of the healthy band and warning line only (not of the data lines)."""
-    guides = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels(), strict=True) if lab in _GUIDES]
+    guides = [(h, lab) for h, lab in zip(*ax.get_legend_handles_labels(), strict=True) if lab.startswith(_GUIDES)]
     if guides:
         ax.legend(*zip(*guides, strict=True), fontsize=8, loc="best")
 
@@ -193,9 +195,33 @@ def _final_scores_row(axes: Sequence[Axes], final_scores: Mapping[str, Sequence[
         ax.legend(fontsize=8, loc="best")
 
 
+def diagnosis_label(finding: diagnose.Finding) -> str:
+    """The legend text of a finding: its verdict and, for a band, the reports' own phrase (wrapped)."""
+    band = diagnose.HEALTHY_BANDS.get(finding.signal)
+    if band is not None and finding.id in _BAND_CHECKS.values():
+        text = f"{_GUIDES[2]} {finding.verdict} — {diagnose.band_phrase(finding.observed, band)}"
+    else:
+        when = f" at step {finding.at_step:,}" if finding.at_step is not None else ""
+        text = f"{_GUIDES[2]} {finding.verdict} {finding.id}{when}"
+    return textwrap.fill(text, width=48)
+
+
+def _annotate(ax: Axes, finding: diagnose.Finding) -> None:
+    """Write ``finding`` into the panel: a dotted line at ``at_step`` (when it has one), else a legend entry."""
+    colour = {"warning": "tab:red", "outside_range": "tab:purple"}.get(finding.severity, "tab:green")
+    if finding.at_step is not None:
+        ax.axvline(finding.at_step, color=colour, ls=":", lw=1.4, label=diagnosis_label(finding))
+    else:
+        ax.plot([], [], " ", label=diagnosis_label(finding))  # text only: nothing to point at
+
+
 # ---------------------------------------------------------------- public figures
 def plot_run(logdir: Path, out_png: Path) -> Path:
     """The six curves of one run (2x3 panels), with the chapter's healthy bands shaded.
+
+    The approx_kl and clip_fraction panels carry ``diagnose``'s verdict on their band in the words of
+    the diagnosis table ("ok" / "outside range", how many updates, from which step), and the entropy
+    panel marks an ``entropy_collapse`` warning at its step.
 
     Args:
         logdir: TensorBoard run directory (``RunPaths.tb_dir``).
@@ -204,14 +230,20 @@ def plot_run(logdir: Path, out_png: Path) -> Path:
     Returns:
         ``out_png``. Raises FetchRLError (exit 2) for missing logs or tags.
     """
-    scalars = read_scalars(Path(logdir), metrics.CHAPTER_CURVES)
+    scalars = diagnose.read_run(Path(logdir))
+    findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir)).findings}
     fig, axes = _new_figure(2, f"PPO training curves — {logdir}")
     for ax, tag in zip(axes, metrics.CHAPTER_CURVES, strict=True):
         s = scalars[tag]
         ax.plot(s.steps, s.values, color="tab:blue", lw=1.6, marker="o" if s.steps.size <= 30 else None, ms=3)
         _decorate(ax, tag, [s.values])
-    _legend_guides(axes[3])
-    _legend_guides(axes[4])
+        if tag in _BAND_CHECKS:
+            _annotate(ax, findings[_BAND_CHECKS[tag]])
+    collapse = findings["entropy_collapse"]
+    if collapse.severity == "warning":
+        _annotate(axes[5], collapse)
+    for ax in axes[3:6]:
+        _legend_guides(ax)
     return _save(fig, out_png)
 
 
