@@ -280,6 +280,8 @@ class TrainMeta:
     fast_env: bool = True
     observation_space: str = ""
     action_space: str = ""
+    portable: bool = False
+    """Trained in portable mode (``--portable``): its numbers do not depend on the CPU (x86-64 with AVX2)."""
 
     def to_json(self, path: Path) -> None:
         write_json(path, dataclasses.asdict(self))

@@ -56,6 +56,9 @@ class TrainConfig:
     """Force deterministic torch kernels (CPU results are already repeatable; this costs little)."""
     fast_env: bool = True
     """Use fetchrl's bit-compatible fast FetchReach step where available (False: Gymnasium-Robotics' own)."""
+    portable: bool = False
+    """The same numbers on any x86-64 CPU with AVX2: torch's, oneMKL's and OpenBLAS's kernels pinned, one
+    thread (``--portable``, :mod:`fetchrl.portable`). Off, the numbers depend on the CPU."""
     algo: AlgoConfig = PPOConfig()
     """The algorithm's hyper-parameters (chapter 2: PPO with the chapter's table)."""
 
