@@ -1,0 +1,295 @@
+"""The lean FetchPush env — bit-equal to Gymnasium-Robotics' own, no torch, no SB3.
+
+Chapter 4 trains SAC+HER on ``FetchPush-v4`` for millions of steps; the stock step spends about a
+third of its time outside MuJoCo (15 joints looked up by name twice for two finger values, two
+Jacobians allocated per step, a vectorised ``mat2euler`` for one matrix, the goal distance computed
+twice). The env worker process of :mod:`fetchrl.vecenv` can import this module: it needs no torch.
+
+- :class:`FastFetchPushEnv` — Gymnasium-Robotics' ``MujocoFetchPushEnv`` with the per-step Python
+  overhead removed: joint, site and mocap addresses are looked up once. Every floating-point operation
+  that produces the observation (25,), achieved goal (the block's position), desired goal, reward and
+  ``is_success`` is the stock one, in the stock order, so the numbers are bit-identical
+  (``tests/test_fast_push.py``). Reset, seeding, block and goal sampling, ``compute_reward`` and
+  ``render`` are inherited unchanged.
+- :func:`make` — that env behind ``gym.make``'s usual wrappers (``TimeLimit(50)`` included);
+  :func:`make_raw` — the bare env a process VecEnv steps (it does the time limit itself).
+
+The reward type (``sparse`` for ``FetchPush-v4``, ``dense`` for ``FetchPushDense-v4``) and the episode
+length are read from Gymnasium-Robotics' own registration of the id, never restated here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+# gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
+# Importing it also registers its ids (FetchPush-v4, ...), whose kwargs make_raw reads.
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from gymnasium_robotics.envs.fetch.push import MujocoFetchPushEnv
+    from gymnasium_robotics.utils import mujoco_utils
+
+#: Gymnasium ids with a fast env here: every registered id whose stock env is ``MujocoFetchPushEnv``
+#: (checked by :func:`check_id`; the reward type comes from the id's registered kwargs).
+FAST_ENV_IDS: tuple[str, ...] = ("FetchPush-v4", "FetchPushDense-v4")
+#: The entry point Gymnasium-Robotics registers the ids above with: what this env is bit-equal to.
+STOCK_ENTRY_POINT = "gymnasium_robotics.envs.fetch.push:MujocoFetchPushEnv"
+#: ``rotations.mat2euler``'s gimbal-lock threshold (its ``_EPS4``: four float64 epsilons).
+EULER_EPS4 = float(np.finfo(np.float64).eps) * 4.0
+
+Obs = dict[str, np.ndarray]
+
+
+def mat2euler(mat: np.ndarray) -> np.ndarray:
+    """``gymnasium_robotics.utils.rotations.mat2euler`` for one rotation matrix, with the same numbers.
+
+    Args:
+        mat: [3, 3] float64 rotation matrix (e.g. a view of ``data.site_xmat[i].reshape(3, 3)``).
+    Returns:
+        [3] float64 Euler angles (x, y, z), as the stock function returns them.
+
+    The stock function evaluates both branches of each ``np.where`` for a batch of matrices; for one
+    matrix only the selected branch matters. Each ``np.arctan2`` gets the very operands the stock one
+    gets (0-d arrays from ``mat[..., i, j]``, the scalar ``cy``): NumPy may dispatch ``arctan2`` to
+    SIMD code whose last bit can depend on the operands' layout, so the layout is not changed either.
+    """
+    cy = np.sqrt(mat[..., 2, 2] * mat[..., 2, 2] + mat[..., 1, 2] * mat[..., 1, 2])
+    euler = np.empty(3, dtype=np.float64)
+    euler[1] = -np.arctan2(-mat[..., 0, 2], cy)  # both stock branches are this same expression
+    if cy > EULER_EPS4:
+        euler[2] = -np.arctan2(mat[..., 0, 1], mat[..., 0, 0])
+        euler[0] = -np.arctan2(mat[..., 1, 2], mat[..., 2, 2])
+    else:  # gimbal lock (the block tipped 90 degrees), or NaN: the stock function's second branch
+        euler[2] = -np.arctan2(-mat[..., 1, 0], mat[..., 1, 1])
+        euler[0] = 0.0
+    return euler
+
+
+def mocap_welds(model: mujoco.MjModel) -> list[tuple[int, int]]:
+    """(mocap id, welded body id) of every weld constraint, in model order — what
+    ``mujoco_utils.reset_mocap2body_xpos`` walks (by name-free id) on every step."""
+    welds: list[tuple[int, int]] = []
+    for eq_type, obj1, obj2 in zip(model.eq_type, model.eq_obj1id, model.eq_obj2id, strict=True):
+        if eq_type != mujoco.mjtEq.mjEQ_WELD:
+            continue
+        mocap_id, body = int(model.body_mocapid[obj1]), int(obj2)
+        if mocap_id == -1:
+            mocap_id, body = int(model.body_mocapid[obj2]), int(obj1)
+        assert mocap_id != -1, "a weld without a mocap body"
+        welds.append((mocap_id, body))
+    return welds
+
+
+class FastFetchPushEnv(MujocoFetchPushEnv):
+    """``MujocoFetchPushEnv`` with cached addresses and a lean ``step`` (identical numbers).
+
+    What the push model is — checked by the constructor, since the lean step relies on it: one mocap
+    body welded to the gripper, no actuators (``model.nu == 0``: the action's 4th component, the
+    gripper command, is zeroed by the blocked gripper and would reach no actuator anyway), a free-
+    jointed block ``object0`` and the ``robot0:grip`` site.
+    """
+
+    def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: Any) -> None:
+        """``shared_model``: step with this (identical) model instead of the one built from the XML.
+
+        Several envs on one ``MjModel`` instead of one copy each keep it in cache and save memory.
+        MuJoCo only reads the model while stepping and resetting. Not for rendering envs: ``render``
+        moves the target's site in the model.
+        """
+        self._shared_model = shared_model
+        super().__init__(**kwargs)
+
+    def _initialize_simulation(self) -> None:
+        if self._shared_model is None:
+            super()._initialize_simulation()
+        else:
+            # MujocoRobotEnv._initialize_simulation, on the shared model instead of a fresh copy of the
+            # XML's. _env_setup rewrites the model's weld data with the constants the first env already
+            # wrote there; everything else it sets is this env's MjData.
+            self.model = self._shared_model
+            self.data = mujoco.MjData(self.model)
+            self._model_names = mujoco_utils.MujocoModelNames(self.model)
+            self.model.vis.global_.offwidth = self.width
+            self.model.vis.global_.offheight = self.height
+            self._env_setup(initial_qpos=self.initial_qpos)  # type: ignore[has-type]
+            self.initial_time = self.data.time
+            self.initial_qpos = np.copy(self.data.qpos)
+            self.initial_qvel = np.copy(self.data.qvel)
+        self._cache_addresses()
+
+    def _cache_addresses(self) -> None:
+        """Every id, address and NumPy view the step reads, looked up once."""
+        m, d = self.model, self.data
+        assert m.nu == 0 and m.nmocap >= 1, "FastFetchPushEnv needs the mocap-driven push model (no actuators)"
+        assert self.has_object and self.block_gripper, "FastFetchPushEnv needs the push task's block and blocked gripper"
+        site, joint = mujoco.mjtObj.mjOBJ_SITE, mujoco.mjtObj.mjOBJ_JOINT
+        self._grip_site = mujoco.mj_name2id(m, site, "robot0:grip")
+        self._object_site = mujoco.mj_name2id(m, site, "object0")
+        assert self._grip_site != -1 and self._object_site != -1
+        robot_joints = [n for n in self._model_names.joint_names if n.startswith("robot")]
+        # The observation's gripper state / velocity are the last two robot joints (stock order: right, left).
+        last_two = [mujoco.mj_name2id(m, joint, n) for n in robot_joints[-2:]]
+        for jid in last_two:
+            assert m.jnt_type[jid] in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)
+        self._grip_qpos_adr = np.array([m.jnt_qposadr[j] for j in last_two], dtype=np.intp)
+        self._grip_dof_adr = np.array([m.jnt_dofadr[j] for j in last_two], dtype=np.intp)
+        # _step_callback zeroes the two finger joints (left first, then right, as the stock one).
+        fingers = ("robot0:l_gripper_finger_joint", "robot0:r_gripper_finger_joint")
+        self._finger_qpos_adr = [int(m.jnt_qposadr[mujoco.mj_name2id(m, joint, n)]) for n in fingers]
+        self._welds = mocap_welds(m)
+        # Jacobian buffers, rewritten whole by mj_jacSite; (3, nv) C arrays like the stock fresh ones,
+        # so `jac @ qvel` takes the same BLAS path.
+        self._jacp_grip = np.zeros((3, m.nv))
+        self._jacp_object = np.zeros((3, m.nv))
+        self._jacr_object = np.zeros((3, m.nv))
+        self._rot_ctrl = np.array([1.0, 0.0, 1.0, 0.0])  # fixed end-effector rotation delta (stock)
+        # The stock code recomputes this product every step; it is the same float each time.
+        self._obs_dt = self.n_substeps * m.opt.timestep
+        # MjData's arrays never move: keep the NumPy views instead of asking the bindings every step.
+        self._qpos, self._qvel = d.qpos, d.qvel
+        self._mocap_pos, self._mocap_quat, self._xpos, self._xquat = d.mocap_pos, d.mocap_quat, d.xpos, d.xquat
+        self._grip_pos = d.site_xpos[self._grip_site]  # [3] views, as mujoco_utils.get_site_xpos returns
+        self._object_pos = d.site_xpos[self._object_site]
+        self._object_xmat = d.site_xmat[self._object_site].reshape(3, 3)  # as mujoco_utils.get_site_xmat
+
+    # ------------------------------------------------------------------ step
+    def step(self, action: np.ndarray) -> tuple[Obs, Any, bool, bool, dict[str, Any]]:
+        """BaseRobotEnv.step with its hooks lean (same arithmetic); Fetch never terminates or truncates
+        by itself (``gym.make``'s ``TimeLimit`` truncates at step 50).
+
+        Args:
+            action: [4] (dx, dy, dz, gripper), clipped to [-1, 1]; the gripper command is ignored
+                (Push blocks the gripper), as in the stock env.
+        Returns:
+            (obs, reward, False, False, {"is_success": float32}); obs is {"observation": [25],
+            "achieved_goal": [3] block position, "desired_goal": [3]}, all float64; reward is a float32
+            0 / -1 (sparse) or the float64 minus distance (dense).
+        """
+        action = np.asarray(action)
+        space = self.action_space
+        if action.shape != space.shape:
+            raise ValueError("Action dimension mismatch")
+        action = np.minimum(np.maximum(action, space.low), space.high)  # np.clip's result, in fewer calls
+        self._set_action(action)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)  # releases the GIL
+        self._step_callback()
+        if self.render_mode == "human":
+            self.render()
+        obs = self._get_obs()
+        # goal_distance once (the stock step computes it for is_success and again for the reward)
+        delta = obs["achieved_goal"] - self.goal
+        d = np.sqrt(np.add.reduce(delta * delta, axis=-1))  # np.linalg.norm(delta, axis=-1), its own ops
+        info = {"is_success": (d < self.distance_threshold).astype(np.float32)}
+        reward = -(d > self.distance_threshold).astype(np.float32) if self.reward_type == "sparse" else -d
+        return obs, reward, False, False, info
+
+    def _set_action(self, action: np.ndarray) -> None:
+        """MujocoFetchEnv._set_action for one mocap body and no actuators.
+
+        The stock one builds [pos * 0.05, rot, 0, 0] (float64 by concatenation), hands the last two to
+        ``ctrl_set_action`` (a no-op without actuators) and the first seven to ``mocap_set_action``.
+        """
+        pos_ctrl = action[:3] * 0.05  # limit maximum change in position (in the action's dtype, as stock)
+        mocap_pos, mocap_quat = self._mocap_pos, self._mocap_quat
+        for mocap_id, body in self._welds:  # mujoco_utils.reset_mocap2body_xpos
+            mocap_pos[mocap_id] = self._xpos[body]
+            mocap_quat[mocap_id] = self._xquat[body]
+        mocap_pos += pos_ctrl.astype(np.float64)
+        mocap_quat += self._rot_ctrl
+
+    def _step_callback(self) -> None:
+        """Keep the blocked gripper closed, then recompute what the observation reads.
+
+        The stock callback runs a full ``mj_forward``; the observation and the next action only read
+        positions, site frames and site Jacobians, i.e. the ``mj_kinematics`` and ``mj_comPos`` stages,
+        and the next ``mj_step`` recomputes every later stage (collisions, constraint forces,
+        accelerations) from qpos/qvel/mocap and its warm start. So the trajectory is bit-identical
+        (tested on qpos, qvel, qacc_warmstart and observations, with the block pushed); only derived
+        fields nothing reads between steps (contacts, qacc, efc_*) describe the last substep instead.
+        ``render`` still runs its own ``mj_forward``.
+        """
+        qpos = self._qpos
+        for adr in self._finger_qpos_adr:
+            qpos[adr] = 0.0
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+
+    def _get_obs(self) -> Obs:
+        """MujocoFetchEnv.generate_mujoco_observations + BaseFetchEnv._get_obs, with cached addresses.
+
+        observation [25] = grip_pos [3], object_pos [3], object_rel_pos [3], gripper_state [2],
+        object_rot [3], object_velp [3] (relative to the gripper), object_velr [3], grip_velp [3],
+        gripper_vel [2]; velocities are Jacobian @ qvel times dt = n_substeps * timestep.
+        """
+        m, d = self.model, self.data
+        dt = self._obs_dt
+        qvel = self._qvel
+        grip_pos = self._grip_pos
+        mujoco.mj_jacSite(m, d, self._jacp_grip, None, self._grip_site)
+        grip_velp = (self._jacp_grip @ qvel) * dt
+        object_pos = self._object_pos
+        object_rot = mat2euler(self._object_xmat)
+        mujoco.mj_jacSite(m, d, self._jacp_object, self._jacr_object, self._object_site)
+        object_velp = (self._jacp_object @ qvel) * dt
+        object_velr = (self._jacr_object @ qvel) * dt
+        object_rel_pos = object_pos - grip_pos
+        object_velp -= grip_velp
+        gripper_state = self._qpos[self._grip_qpos_adr]
+        gripper_vel = qvel[self._grip_dof_adr] * dt
+        observation = np.concatenate([grip_pos, object_pos, object_rel_pos, gripper_state, object_rot,
+                                      object_velp, object_velr, grip_velp, gripper_vel])
+        return {
+            "observation": observation,
+            "achieved_goal": object_pos.copy(),
+            "desired_goal": self.goal.copy(),
+        }
+
+
+# ---------------------------------------------------------------------- factories
+def check_id(env_id: str) -> None:
+    """Raise ValueError unless ``env_id`` is one of :data:`FAST_ENV_IDS`, registered to the stock push env."""
+    if env_id not in FAST_ENV_IDS:
+        raise ValueError(f"no fast implementation of {env_id!r}; fast push ids: {', '.join(FAST_ENV_IDS)}")
+    entry_point = gym.spec(env_id).entry_point
+    if entry_point != STOCK_ENTRY_POINT:  # a gymnasium-robotics release that moved or replaced the env
+        raise ValueError(f"{env_id!r} is registered as {entry_point!r}, not {STOCK_ENTRY_POINT!r}")
+
+
+def make_raw(env_id: str, render_mode: str | None = None, **kwargs: Any) -> FastFetchPushEnv:
+    """The unwrapped fast env (no time limit): what a process VecEnv steps.
+
+    ``kwargs`` (e.g. ``shared_model``, ``width``) override the id's registered kwargs (its reward type).
+    """
+    check_id(env_id)
+    kwargs = {**gym.spec(env_id).kwargs, **kwargs}
+    return FastFetchPushEnv(render_mode=render_mode, **kwargs)
+
+
+_FAST_PREFIX = "fetchrl/Fast"
+
+
+def _register(env_id: str) -> str:
+    """Register ``fetchrl/Fast<env_id>`` once, with the stock id's kwargs and time limit."""
+    fast_id = _FAST_PREFIX + env_id
+    if fast_id not in gym.registry:
+        stock = gym.spec(env_id)
+        gym.register(
+            id=fast_id,
+            entry_point=f"{__name__}:FastFetchPushEnv",
+            kwargs=dict(stock.kwargs),
+            max_episode_steps=stock.max_episode_steps,
+        )
+    return fast_id
+
+
+def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    """The fast env behind gym.make's usual wrappers (TimeLimit(50), OrderEnforcing, env checker)."""
+    check_id(env_id)
+    return gym.make(_register(env_id), render_mode=render_mode, **kwargs)
