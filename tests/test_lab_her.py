@@ -9,7 +9,9 @@ says "the env's compute_reward" and "the same as SB3".
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
+import io
 import re
 import subprocess
 import sys
@@ -210,6 +212,7 @@ def test_bookkeeping_hand_computed_and_equal_to_sb3(lab: ModuleType) -> None:
     assert ours.ep_start[:, 1].tolist() == [0, 0, 0, 3, 3, 3]
     env = CountingGoalEnv(lab.sparse_reward)
     vec_env = DummyVecEnv([lambda: env])
+    assert isinstance(env.observation_space, gym.spaces.Dict)  # SB3's HerReplayBuffer takes only dict spaces
     theirs = SB3HerReplayBuffer(12, env.observation_space, env.action_space, vec_env, device="cpu", n_envs=2,
                                 n_sampled_goal=4, goal_selection_strategy="future")
     lab.sb3_add(theirs, streams)
@@ -290,6 +293,256 @@ def test_sample_refuses_an_empty_or_unfinished_buffer(lab: ModuleType) -> None:
 
 
 # ---------------------------------------------------------------------------
+# The chapter's checkpoints, verbatim: the "!!! lab Checkpoint" code blocks of
+# tutorials/ch04_her_sparse_reach_push.md (github.com/VladPrytula/robotics_series at e871ca2), which the
+# book's readers type against this lab. Each runs unchanged in a `from her_relabeler import *` namespace;
+# the global np.random is seeded first (the snippets draw from it, as SB3 does) so the output is exact.
+# ---------------------------------------------------------------------------
+
+# Section 4.5.1 "Data Structures: Transitions and Episodes", Checkpoint
+SNIPPET_4_5_1 = """\
+import numpy as np
+t = Transition(
+    obs=np.zeros(10), action=np.zeros(4), reward=-1.0,
+    next_obs=np.zeros(10), done=False,
+    achieved_goal=np.array([0.5, 0.4, 0.15]),
+    desired_goal=np.array([0.3, 0.2, 0.10]),
+)
+print(f"Reward:        {t.reward}")            # -1.0 (failure)
+print(f"Achieved goal: {t.achieved_goal}")     # [0.5, 0.4, 0.15]
+print(f"Desired goal:  {t.desired_goal}")      # [0.3, 0.2, 0.10]
+print(f"Goal distance: {np.linalg.norm(t.achieved_goal - t.desired_goal):.3f}")  # ~0.283m
+"""
+
+# Section 4.5.2 "Goal Sampling Strategies", Checkpoint
+SNIPPET_4_5_2 = """\
+episode = create_synthetic_episode(n_steps=20)
+
+# FUTURE at idx=5 of 20-step episode -> goals from indices [6, 19]
+goals = sample_her_goals(episode, transition_idx=5, strategy=GoalStrategy.FUTURE, k=4)
+print(f"FUTURE: {len(goals)} goals sampled")  # 4
+
+# FINAL -> all goals identical (last achieved_goal)
+goals = sample_her_goals(episode, transition_idx=5, strategy=GoalStrategy.FINAL, k=4)
+all_same = all(np.array_equal(g, goals[0]) for g in goals)
+print(f"FINAL: all identical? {all_same}")     # True
+"""
+
+# Section 4.5.3 "Relabeling a Transition", Checkpoint
+SNIPPET_4_5_3 = """\
+episode = create_synthetic_episode(n_steps=10)
+transition = episode.transitions[5]
+
+# Relabel with own achieved goal -> guaranteed success
+relabeled = relabel_transition(transition, transition.achieved_goal, sparse_reward)
+print(f"Original reward:  {transition.reward}")    # -1.0 (failure)
+print(f"Relabeled reward: {relabeled.reward}")     # 0.0 (success!)
+print(f"Achieved unchanged: {np.array_equal(relabeled.achieved_goal, transition.achieved_goal)}")  # True
+
+# Relabel with a distant goal -> still failure
+far_goal = transition.achieved_goal + np.array([1.0, 1.0, 1.0])
+relabeled_far = relabel_transition(transition, far_goal, sparse_reward)
+print(f"Distant goal reward: {relabeled_far.reward}")  # -1.0 (still failure)
+"""
+
+# Section 4.5.4 "The Data Amplification Effect", Checkpoint
+SNIPPET_4_5_4 = """\
+episode = create_synthetic_episode(n_steps=50)
+
+# Original: ~0% success (random trajectory, sparse rewards)
+original_success = compute_success_fraction(episode.transitions)
+print(f"Original: {len(episode)} transitions, {original_success:.0%} success")
+
+# With HER: ~210 transitions, ~16% success
+her_transitions = process_episode_with_her(
+    episode, sparse_reward, strategy=GoalStrategy.FUTURE, k=4, her_ratio=0.8
+)
+her_success = compute_success_fraction(her_transitions)
+print(f"With HER: {len(her_transitions)} transitions, {her_success:.0%} success")
+"""
+
+# Section 4.5.5 "Wiring It Together: Full Episode Processing", Checkpoint
+SNIPPET_4_5_5 = """\
+episode = create_synthetic_episode(n_steps=50)
+her_transitions = process_episode_with_her(
+    episode, sparse_reward, strategy=GoalStrategy.FUTURE, k=4, her_ratio=0.8
+)
+n_original = len(episode)          # 50
+n_relabeled = len(her_transitions) - n_original  # ~160 (50 * 0.8 * 4)
+ratio = n_relabeled / len(her_transitions)
+print(f"Original:  {n_original}")
+print(f"Relabeled: {n_relabeled}")
+print(f"Total:     {len(her_transitions)}")
+print(f"HER ratio: {ratio:.2f}")     # ~0.76
+"""
+
+
+def run_snippet(lab: ModuleType, code: str, seed: int = 0) -> tuple[str, dict[str, Any]]:
+    """Exec a chapter snippet as a reader does after `from her_relabeler import *`: (stdout, its namespace)."""
+    namespace = {name: value for name, value in vars(lab).items() if not name.startswith("_")}
+    np.random.seed(seed)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "<chapter snippet>", "exec"), namespace)
+    return out.getvalue(), namespace
+
+
+def test_checkpoint_4_5_1_transition_fields(lab: ModuleType) -> None:
+    out, ns = run_snippet(lab, SNIPPET_4_5_1)
+    # The book's comments write the arrays as Python lists and the distance as ~0.283 m; numpy prints
+    # arrays without commas, and ||(0.2, 0.2, 0.05)|| = sqrt(0.0825) = 0.287 (0.283 = sqrt(0.08) forgets z)
+    assert out.splitlines() == [
+        "Reward:        -1.0",
+        "Achieved goal: [0.5  0.4  0.15]",
+        "Desired goal:  [0.3 0.2 0.1]",
+        "Goal distance: 0.287",
+    ]
+    assert isinstance(ns["t"], lab.Transition) and ns["t"]._fields == (
+        "obs", "action", "reward", "next_obs", "done", "achieved_goal", "desired_goal")
+    assert [s.value for s in lab.GoalStrategy] == ["future", "final", "episode"]  # the text after the block
+
+
+def test_checkpoint_4_5_2_goal_sampling(lab: ModuleType) -> None:
+    out, ns = run_snippet(lab, SNIPPET_4_5_2)
+    assert out.splitlines() == ["FUTURE: 4 goals sampled", "FINAL: all identical? True"]
+    episode = ns["episode"]
+    assert len(episode) == 20
+    np.testing.assert_array_equal(ns["goals"][0], episode.transitions[-1].achieved_goal)  # FINAL: ag_T
+    # The comment says "goals from indices [6, 19]"; SB3's inclusive "future" (this lab) gives [5, 19]:
+    # transition 5's own outcome is a goal too
+    goals = lab.sample_her_goals(episode, transition_idx=5, strategy=lab.GoalStrategy.FUTURE, k=2000)
+    outcomes = episode.achieved_goals()
+    indices = {int(np.flatnonzero((outcomes == g).all(axis=1))[0]) for g in goals}
+    assert indices == set(range(5, 20))
+
+
+def test_checkpoint_4_5_3_relabel_one_transition(lab: ModuleType) -> None:
+    out, ns = run_snippet(lab, SNIPPET_4_5_3)
+    assert out.splitlines() == [
+        "Original reward:  -1.0",
+        "Relabeled reward: 0.0",
+        "Achieved unchanged: True",
+        "Distant goal reward: -1.0",
+    ]
+    transition, relabeled = ns["transition"], ns["relabeled"]
+    np.testing.assert_array_equal(relabeled.desired_goal, transition.achieved_goal)
+    assert relabeled.obs is transition.obs and relabeled.next_obs is transition.next_obs
+    # "Before/after with concrete numbers" under the block: 0 m -> reward 0; 0.287 m > 0.05 m -> reward -1
+    record = transition._replace(achieved_goal=np.array([0.50, 0.40, 0.15]))
+    assert lab.relabel_transition(record, np.array([0.50, 0.40, 0.15]), lab.sparse_reward).reward == 0.0
+    assert lab.relabel_transition(record, np.array([0.30, 0.20, 0.10]), lab.sparse_reward).reward == -1.0
+
+
+def test_checkpoint_4_5_4_data_amplification(lab: ModuleType) -> None:
+    out, ns = run_snippet(lab, SNIPPET_4_5_4)
+    # Seed 0: 37 of 50 transitions got their 4 copies (the book: ~210 = 50 + 0.8 * 50 * 4); 8 % success
+    # (the book: ~16 %, one draw of a wide spread -- see the next test)
+    assert out.splitlines() == ["Original: 50 transitions, 0% success", "With HER: 198 transitions, 8% success"]
+    stored = ns["her_transitions"]
+    copies_sd = 4 * np.sqrt(50 * 0.8 * 0.2)  # 4 copies per Binomial(50, 0.8) coin: sd 11.3 around 160
+    assert (len(stored) - 50) % 4 == 0 and abs(len(stored) - 210) <= 4 * copies_sd
+    assert lab.future_copy_errors(ns["episode"], stored, 4) == []
+
+
+def test_checkpoint_4_5_4_success_fraction_over_seeds_inclusive_vs_book_future(
+        lab: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "~16%" depends on the random episode. Over seeds, SB3's inclusive future averages 13 %, the
+    chapter's exclusive one ([t+1, T-1]; the last step keeps its own outcome) 10 %, on the same episodes."""
+    def success(seed: int) -> float:
+        np.random.seed(seed)
+        episode = lab.create_synthetic_episode(n_steps=50)
+        stored = lab.process_episode_with_her(episode, lab.sparse_reward, lab.GoalStrategy.FUTURE, 4, 0.8)
+        return float(lab.compute_success_fraction(stored))
+
+    seeds = range(100)
+    inclusive = np.array([success(s) for s in seeds])
+    monkeypatch.setattr(lab, "sample_goal_indices",
+                        lambda t, T, strategy, rng=None: np.random.randint(np.minimum(t + 1, T - 1), T))
+    exclusive = np.array([success(s) for s in seeds])
+    assert 0.10 < inclusive.mean() < 0.17 and 0.06 < exclusive.mean() < 0.12
+    assert (inclusive >= exclusive).mean() > 0.8
+    assert inclusive.min() < 0.16 < inclusive.max()  # the book's ~16 % is among the seeds' values
+
+
+def test_checkpoint_4_5_5_counts(lab: ModuleType) -> None:
+    out, ns = run_snippet(lab, SNIPPET_4_5_5)
+    # The book: 50 / ~160 / ~210 / ~0.76; 148 = 4 * 37 coins that came up out of 50 (p = 0.8)
+    assert out.splitlines() == ["Original:  50", "Relabeled: 148", "Total:     198", "HER ratio: 0.75"]
+    assert ns["n_relabeled"] == 4 * 37
+    # Expected values: 4 * 0.8 * 50 = 160 relabeled; 160 / 210 = 0.76 -- check the mean over seeds
+    counts = []
+    for seed in range(200):
+        np.random.seed(seed)
+        episode = lab.create_synthetic_episode(n_steps=50)
+        counts.append(len(lab.process_episode_with_her(episode, lab.sparse_reward, her_ratio=0.8)) - 50)
+    assert abs(np.mean(counts) - 160) < 4 * 4 * np.sqrt(50 * 0.8 * 0.2 / 200)
+
+
+def test_book_names_are_in_the_regions_the_book_includes() -> None:
+    """The chapter includes these regions and then calls these names: each is defined inside its region."""
+    text = LAB_PATH.read_text()
+    wanted = {"data_structures": ("Transition", "Episode", "GoalStrategy"),
+              "goal_sampling": ("sample_her_goals",),
+              "relabel_transition": ("relabel_transition", "sparse_reward"),
+              "her_buffer_insert": ("process_episode_with_her", "compute_success_fraction")}
+    for region, names in wanted.items():
+        body = text.split(f"# --8<-- [start:{region}]")[1].split(f"# --8<-- [end:{region}]")[0]
+        tree = ast.parse(textwrap.dedent(body))
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+        assert set(names) <= defined, (region, set(names) - defined)
+
+
+def test_process_episode_with_her_is_relabel_episode_per_record_on_a_real_episode(lab: ModuleType) -> None:
+    """her_ratio=1.0 is Algorithm 1: the same goals and rewards as the vectorised relabel_episode for the
+    same rng, on a real FetchReach episode with the env's compute_reward; her_ratio=0 stores no copy."""
+    env = lab.make_fetch_env("FetchReach-v4")
+    compute_reward = lab.env_compute_reward(env)
+    steps = lab.random_steps(env, 50, seed=2)
+    env.close()
+    episode = lab.Episode.from_transitions(steps)
+    assert len(episode) == 50 and [r.done for r in episode.transitions] == [False] * 49 + [True]
+    np.testing.assert_array_equal(episode.achieved_goals(), steps.next_achieved_goal)
+    for strategy in lab.GoalStrategy:
+        stored = lab.process_episode_with_her(episode, compute_reward, strategy, 4, 1.0, np.random.RandomState(7))
+        batch, relabeled = lab.relabel_episode(steps, strategy, 4, compute_reward, np.random.RandomState(7))
+        copies = [r for i, r in enumerate(stored) if i % 5]  # original, its 4 copies, next original, ...
+        assert all(stored[i] is original for i, original in zip(range(0, 250, 5), episode.transitions, strict=True))
+        np.testing.assert_array_equal(np.stack([c.desired_goal for c in copies]), batch.desired_goal[relabeled])
+        np.testing.assert_array_equal([c.reward for c in copies], batch.reward[relabeled])
+        assert lab.compute_success_fraction(stored) == pytest.approx(float(np.mean(batch.reward == 0)))
+        assert all(np.array_equal(c.achieved_goal, steps.next_achieved_goal[i // 4]) for i, c in enumerate(copies))
+    only_real = lab.process_episode_with_her(episode, compute_reward, her_ratio=0.0)
+    assert len(only_real) == 50 and all(a is b for a, b in zip(only_real, episode.transitions, strict=True))
+
+
+def test_book_functions_refuse_bad_arguments(lab: ModuleType) -> None:
+    episode = lab.create_synthetic_episode(n_steps=5, rng=np.random.RandomState(0))
+    with pytest.raises(ValueError, match="transition_idx 5 is outside"):
+        lab.sample_her_goals(episode, transition_idx=5)
+    with pytest.raises(ValueError, match="her_ratio is a probability"):
+        lab.process_episode_with_her(episode, lab.sparse_reward, her_ratio=1.5)
+    with pytest.raises(ValueError, match="no transitions"):
+        lab.compute_success_fraction([])
+    with pytest.raises(ValueError, match="n_steps must be >= 1"):
+        lab.create_synthetic_episode(n_steps=0)
+
+
+def test_verify_fails_when_relabeled_copies_keep_the_old_reward(
+        lab: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--verify's HER processing section fails on copies whose reward was not recomputed."""
+    correct = lab.relabel_transition
+
+    def stale_reward(transition, new_goal, compute_reward):  # type: ignore[no-untyped-def]
+        relabeled = correct(transition, new_goal, compute_reward)
+        return relabeled._replace(reward=transition.reward) if isinstance(relabeled, lab.Transition) else relabeled
+
+    monkeypatch.setattr(lab, "relabel_transition", stale_reward)
+    assert lab.verify_her_processing(seed=0) is False
+    out = capsys.readouterr().out
+    assert "!= sparse_reward(achieved, new goal)" in out and "[PASS] HER processing OK" not in out
+
+
+# ---------------------------------------------------------------------------
 # Snippet regions for the chapter's --8<-- includes
 # ---------------------------------------------------------------------------
 
@@ -334,12 +587,16 @@ def test_verify_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     positions = [out.index(s) for s in ("HER Relabeler -- Verification", "[PASS] Goal sampling OK",
-                                        "[PASS] Relabeling OK", "[PASS] Relabeled fraction OK",
+                                        "[PASS] Relabeling OK", "[PASS] HER processing OK",
+                                        "[PASS] Relabeled fraction OK",
                                         "[ALL PASS] HER implementation verified")]
     assert positions == sorted(positions)
     assert "[FAIL]" not in out
     assert "future : t=5 of T=10 -> j in 5..9, goals ag_6..ag_10" in out
     assert "Relabeled with its own achieved goal ag_(t+1): reward 0 in 50 of 50" in out
+    assert "  Original success rate: 0.0%\n" in out  # section 4.5.6's expected lines, with seed 0's values
+    amplified = re.search(r"Transitions: 50 -> (\d+) \((\d+) relabeled", out)
+    assert amplified and int(amplified[1]) == 50 + int(amplified[2]) and int(amplified[2]) % 4 == 0
     assert re.search(r"k=4: k/\(k\+1\)=0\.800\s+sampled batch: 800/1000 relabeled", out)
 
 

@@ -5,9 +5,10 @@ Hindsight Experience Replay (Andrychowicz et al. 2017, "Hindsight Experience Rep
 https://arxiv.org/abs/1707.01495): an episode that failed to reach goal g is a successful demonstration of
 reaching wherever it did go. So transitions are replayed again with goals the same episode achieved, and
 their rewards are recomputed with the env's own `compute_reward`. Reads top to bottom: data structures ->
-goal sampling -> relabeling one transition -> the replay buffer (insert with episode bookkeeping, sample with
-relabeling) -> the modes. Depends only on numpy and gymnasium; SB3 is imported only inside `--compare-sb3`,
-gymnasium_robotics only where a Fetch env is built. For understanding, not production.
+goal sampling -> relabeling one transition -> storing relabeled copies (the paper's Algorithm 1) and the
+replay buffer (insert with episode bookkeeping, sample with relabeling) -> the modes. Depends only on numpy
+and gymnasium; SB3 is imported only inside `--compare-sb3`, gymnasium_robotics only where a Fetch env is
+built. For understanding, not production.
 
 Usage:
     python scripts/labs/her_relabeler.py --verify          # goal ranges, own goal -> reward 0, k/(k+1) relabeled
@@ -17,16 +18,55 @@ Usage:
 Snippet regions included by the chapter (`--8<-- "scripts/labs/her_relabeler.py:NAME"`):
 data_structures, goal_sampling, relabel_transition, her_buffer_insert, her_buffer_sample.
 
+Two forms of the same data, and every function takes the one it is given:
+- `Transition` / `Episode`: one record per step, a list per episode -- what the chapter's checkpoints
+  build and print (`create_synthetic_episode`, `sample_her_goals`, `relabel_transition`,
+  `process_episode_with_her`, `compute_success_fraction`).
+- `Transitions`: the same fields as arrays [n, ...] -- what the replay buffer stores and samples, and what
+  `relabel_episode`, `HerReplayBuffer`, --verify, --compare-sb3 and --demo use.
+
 Conventions -- SB3's, which the chapter trains with (SAC + HerReplayBuffer, n_sampled_goal=4, "future"):
 - Transition t of an episode of T steps: (o_t, ag_t, g) --a_t--> (o_{t+1}, ag_{t+1}),
   r_t = compute_reward(ag_{t+1}, g) = -1 if ||ag_{t+1} - g|| > 0.05 m else 0 (sparse Fetch reward).
-- A relabeled goal is what the same episode achieved after some transition j: g' = ag_{j+1}.
+  Transition.achieved_goal is ag_{t+1} (achieved at next_obs); Transitions has both ag_t (achieved_goal)
+  and ag_{t+1} (next_achieved_goal).
+- A relabeled goal is what the same episode achieved after some transition j: g' = ag_{j+1}
+  (= episode.transitions[j].achieved_goal).
   future:  j ~ U{t, ..., T-1}. This includes j = t, the transition's own outcome ag_{t+1} (SB3 calls its
            "future" inclusive); in state indices it is the paper's "future states" s_t' with t' = j + 1 > t,
            the same set as OpenAI baselines' her_sampler. At t = T-1, future = final.
   final:   j = T - 1, g' = ag_T.
   episode: j ~ U{0, ..., T-1}, g' in ag_1 ... ag_T (the start ag_0 is never a goal).
 - n_sampled_goal = k: k of every k+1 replayed transitions are relabeled, her_ratio = 1 - 1/(k+1).
+- Random numbers: a np.random.RandomState passed as `rng`, or, without one, numpy's global legacy stream
+  (seeded by np.random.seed) -- the stream SB3 samples from and the chapter's checkpoints use.
+
+Where this lab differs from the chapter's text (tutorials/ch04_her_sparse_reach_push.md, section 4.5) --
+the lab follows SB3, which the chapter trains with and which --compare-sb3 matches bit for bit:
+- "future" includes the transition's own outcome. Section 4.5.2's checkpoint comment says "FUTURE at idx=5
+  of 20-step episode -> goals from indices [6, 19]"; here (and in SB3) the goals come from transitions
+  [5, 19]: episode.transitions[j].achieved_goal for j = 5 ... 19, i.e. ag_6 ... ag_20, transition 5's own
+  outcome ag_6 included. The chapter's formula {g_achieved(s_t') : t' > t} counts *states*, and states
+  s_6 ... s_20 are exactly these goals; its "[6, 19]" counts *transitions* and leaves ag_6 out. SB3's
+  HerReplayBuffer._sample_goals draws np.random.randint(t, episode_length) on next_observations
+  ["achieved_goal"] ("our implementation is inclusive: current transition can be sampled"); OpenAI
+  baselines (her_sampler.py, the paper authors' code) draws future_t in [t+1, T] on ag_0 ... ag_T, the same
+  set. The exclusive version fails --compare-sb3 (tests/test_lab_her.py: test_compare_sb3_catches_a_strict_future).
+- Goals are drawn independently, with replacement, as in SB3 and baselines (the chapter's original lab
+  drew k distinct future transitions and padded with the final one when fewer than k were left).
+- So more relabeled copies carry reward 0: every draw of the own outcome is a success. Section 4.5.4 says
+  "~16%" for create_synthetic_episode(50), k=4, her_ratio=0.8; that fraction depends on the random
+  episode: over seeds 0-299 it averages 13 % here (5-95 %: 7-22 %), 10 % with an exclusive future
+  [t+1, T-1] on the same episodes (tests/test_lab_her.py compares the two), and 9 % with the chapter's
+  original lab (exclusive, without replacement). ~16 % is one draw; seed 0 gives 8 %.
+- Section 4.5.1's checkpoint comment "Goal distance: ~0.283m" for [0.5, 0.4, 0.15] vs [0.3, 0.2, 0.10] is
+  sqrt(0.2^2 + 0.2^2) without the 5 cm in z; the snippet prints 0.287 = sqrt(0.0825).
+- `her_ratio` in process_episode_with_her is the chapter's: the probability that a transition gets its k
+  relabeled copies (50 + 0.8*50*4 ~ 210 stored, 160/210 ~ 0.76 relabeled). SB3's her_ratio -- `her_ratio(k)`
+  here -- is the relabeled share k/(k+1) = 0.8 of a sampled batch, which Algorithm 1 (her_ratio=1.0) also gives.
+- The expected outputs printed in sections 4.5.6 and 4.5.7 are of the chapter's original lab: --verify
+  here prints the same sections plus a relabeled-fraction check; --compare-sb3 compares whole batches
+  (every field, three strategies, k = 1, 4, 8, Reach and Push) instead of one reward difference.
 
 The differences from SB3's HerReplayBuffer (2.x) -- the bridge:
 
@@ -50,8 +90,9 @@ The differences from SB3's HerReplayBuffer (2.x) -- the bridge:
 | done                | `terminated` (a time-limit end still         | done * (1 - timeout): the same with          |
 |                     | bootstraps; Fetch only truncates)            | handle_timeout_termination=True              |
 | Shapes              | reward, terminated: [batch]                  | rewards, dones: [batch, 1]                   |
-| Paper's Algorithm 1 | `relabel_episode`: k relabeled copies stored | not offered: relabels at sample time only    |
-|                     | per transition (used by --demo)              |                                              |
+| Paper's Algorithm 1 | `process_episode_with_her` (records) and     | not offered: relabels at sample time only    |
+|                     | `relabel_episode` (arrays, used by --demo):  |                                              |
+|                     | k relabeled copies stored per transition     |                                              |
 | Not implemented     | VecNormalize, truncate_last_trajectory,      | supported                                    |
 |                     | pickling, devices                            |                                              |
 """
@@ -61,8 +102,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import gymnasium as gym
 import numpy as np
@@ -80,6 +122,49 @@ COMPARE_KS = (1, 4, 8)
 # =============================================================================
 
 # --8<-- [start:data_structures]
+class Transition(NamedTuple):
+    """One goal-conditioned transition, the paper's (s_t || g, a_t, r_t, s_{t+1} || g), as one record.
+
+    `achieved_goal` is the goal achieved at next_obs, ag_{t+1}: where a_t led, the goal the reward is
+    computed from (r_t = compute_reward(achieved_goal, desired_goal)). `Transitions` below holds the same
+    data as arrays, as the replay buffer stores it (there: next_achieved_goal).
+    """
+
+    obs: np.ndarray  # [obs_dim] o_t (Fetch's "observation": Reach 10, Push 25)
+    action: np.ndarray  # [act_dim] a_t (Fetch: 4)
+    reward: float  # r_t: 0.0 if ||achieved_goal - desired_goal|| <= 5 cm (success), else -1.0
+    next_obs: np.ndarray  # [obs_dim] o_{t+1}
+    done: bool  # the episode ended after this step (Fetch: truncated at step 50, not a terminal state)
+    achieved_goal: np.ndarray  # [goal_dim] ag_{t+1}: gripper (Reach) or object (Push) position at next_obs
+    desired_goal: np.ndarray  # [goal_dim] g: the goal the agent was given
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode as Transition records in time order: transitions[t] is step t, len(episode) = T."""
+
+    transitions: list[Transition]
+
+    def __len__(self) -> int:
+        return len(self.transitions)
+
+    def achieved_goals(self) -> np.ndarray:
+        """[T, goal_dim]: ag_1 ... ag_T, where each step led -- the goals HER relabels with."""
+        return np.stack([transition.achieved_goal for transition in self.transitions])
+
+    @classmethod
+    def from_transitions(cls, episode: Transitions) -> Episode:
+        """The T rows of one episode (time order) as records: achieved_goal = next_achieved_goal (ag_{t+1}),
+        done = terminated or truncated. The start ag_0 and which of the two ended it are not kept."""
+        return cls([
+            Transition(obs=episode.observation[t], action=episode.action[t], reward=float(episode.reward[t]),
+                       next_obs=episode.next_observation[t],
+                       done=bool(episode.terminated[t] or episode.truncated[t]),
+                       achieved_goal=episode.next_achieved_goal[t], desired_goal=episode.desired_goal[t])
+            for t in range(len(episode.reward))
+        ])
+
+
 class GoalStrategy(Enum):
     """Where a relabeled goal comes from (Andrychowicz et al. 2017, section 4.5); SB3's names.
 
@@ -91,8 +176,9 @@ class GoalStrategy(Enum):
     EPISODE = "episode"  # any achieved goal of the same episode
 
 
-ComputeReward = Callable[[np.ndarray, np.ndarray, list[dict[str, Any]]], np.ndarray]
-"""env.unwrapped.compute_reward: (achieved_goal [n, goal_dim], desired_goal [n, goal_dim], infos) -> [n]."""
+ComputeReward = Callable[[np.ndarray, np.ndarray, list[dict[str, Any]] | dict[str, Any]], np.ndarray]
+"""env.unwrapped.compute_reward: (achieved_goal [n, goal_dim], desired_goal [n, goal_dim], infos: a list of
+n dicts) -> [n]; for one transition ([goal_dim], [goal_dim], one dict) -> a scalar. Fetch ignores info."""
 
 
 class Transitions(NamedTuple):
@@ -141,7 +227,7 @@ def sample_goal_indices(
     t: np.ndarray,
     episode_length: np.ndarray,
     strategy: GoalStrategy,
-    rng: np.random.RandomState,
+    rng: np.random.RandomState | None = None,
 ) -> np.ndarray:
     """Which transition's outcome becomes the new goal: j, with g' = next_achieved_goal[j] = ag_{j+1}.
 
@@ -150,24 +236,41 @@ def sample_goal_indices(
         future:  j ~ U{t, ..., T-1}   includes j = t, the transition's own outcome ag_{t+1}
         final:   j = T - 1            ag_T, where the episode ended up
         episode: j ~ U{0, ..., T-1}   any outcome ag_1 ... ag_T
-    rng is the legacy RandomState because SB3 draws from np.random.randint: same seed -> same j.
+    rng: a legacy RandomState, or None for the global np.random stream -- SB3 draws np.random.randint:
+    same seed, same j.
     """
+    randint = np.random.randint if rng is None else rng.randint
     if strategy is GoalStrategy.FUTURE:
-        return rng.randint(t, episode_length)  # upper bound exclusive: t <= j <= T-1
+        return randint(t, episode_length)  # upper bound exclusive: t <= j <= T-1
     if strategy is GoalStrategy.FINAL:
         return np.asarray(episode_length, dtype=np.int64) - 1
     if strategy is GoalStrategy.EPISODE:
-        return rng.randint(0, episode_length)
+        return randint(0, episode_length)
     raise ValueError(f"unknown goal strategy {strategy!r}")
 
 
 def sample_her_goals(
-    episode: Transitions, t: int, strategy: GoalStrategy, k: int, rng: np.random.RandomState
+    episode: Episode | Transitions,
+    transition_idx: int,
+    strategy: GoalStrategy = GoalStrategy.FUTURE,
+    k: int = 4,
+    rng: np.random.RandomState | None = None,
 ) -> np.ndarray:
-    """k relabeling goals [k, goal_dim] for transition t of one episode (rows in time order)."""
-    T = len(episode.reward)
-    j = sample_goal_indices(np.full(k, t), np.full(k, T), strategy, rng)
-    return episode.next_achieved_goal[j]
+    """k relabeling goals [k, goal_dim] for transition `transition_idx` of one episode.
+
+    episode: an Episode, or one episode's Transitions (rows in time order). The goals are outcomes of the
+    same episode, ag_{j+1} with j from sample_goal_indices: for FUTURE at transition_idx=5 of 20 steps,
+    transitions 5 ... 19, the transition's own outcome included (SB3's "future"). Drawn independently
+    (with replacement), so two goals may be the same.
+    """
+    outcomes = episode.next_achieved_goal if isinstance(episode, Transitions) else episode.achieved_goals()
+    T = len(outcomes)
+    if not 0 <= transition_idx < T:
+        raise ValueError(f"transition_idx {transition_idx} is outside the episode's steps 0..{T - 1}")
+    if k < 0:
+        raise ValueError(f"k (goals per transition) must be >= 0, got {k}")
+    j = sample_goal_indices(np.full(k, transition_idx), np.full(k, T), strategy, rng)
+    return outcomes[j]
 # --8<-- [end:goal_sampling]
 
 
@@ -176,16 +279,29 @@ def sample_her_goals(
 # =============================================================================
 
 # --8<-- [start:relabel_transition]
-def relabel_transition(batch: Transitions, new_goal: np.ndarray, compute_reward: ComputeReward) -> Transitions:
+@overload
+def relabel_transition(transition: Transition, new_goal: np.ndarray,
+                       compute_reward: ComputeReward) -> Transition: ...
+@overload
+def relabel_transition(transition: Transitions, new_goal: np.ndarray,
+                       compute_reward: ComputeReward) -> Transitions: ...
+def relabel_transition(transition: Transition | Transitions, new_goal: np.ndarray,
+                       compute_reward: ComputeReward) -> Transition | Transitions:
     """The same (o_t, a_t, o_{t+1}) with goal g' and reward r'_t = compute_reward(ag_{t+1}, g').
 
-    batch: n transitions; new_goal: [n, goal_dim]. Only desired_goal and reward change: where the action
-    led (next_achieved_goal) is a fact of the past. The reward is the env's own function, vectorised over
-    the n rows, of ag_{t+1}: a_t is rewarded for where it led (SB3: "we have to use next_obs['achieved_goal']").
+    transition: one Transition with new_goal [goal_dim], or n Transitions with new_goal [n, goal_dim]
+    (the reward computed for all n rows at once). Only desired_goal and reward change: where the action
+    led (ag_{t+1}) is a fact of the past. a_t is rewarded for where it led, not where it started
+    (SB3: "we have to use next_obs['achieved_goal']").
     """
+    if isinstance(transition, Transition):  # one record: its achieved_goal is already ag_{t+1}
+        reward = float(compute_reward(transition.achieved_goal, new_goal, {}))
+        # + 0.0: Fetch's -(d > 0.05) is -0.0 for a success; it prints as 0.0 this way (and == 0 either way)
+        return transition._replace(desired_goal=np.array(new_goal), reward=reward + 0.0)
     infos: list[dict[str, Any]] = [{} for _ in range(len(new_goal))]  # Fetch's reward does not read info
-    reward = np.asarray(compute_reward(batch.next_achieved_goal, new_goal, infos), dtype=np.float32)
-    return batch._replace(desired_goal=np.array(new_goal, dtype=batch.desired_goal.dtype), reward=reward)
+    rewards = np.asarray(compute_reward(transition.next_achieved_goal, new_goal, infos), dtype=np.float32)
+    return transition._replace(desired_goal=np.array(new_goal, dtype=transition.desired_goal.dtype),
+                               reward=rewards)
 
 
 def sparse_reward(
@@ -196,28 +312,68 @@ def sparse_reward(
 ) -> np.ndarray:
     """Fetch's sparse reward written out: -1 if ||ag - g|| > 5 cm else 0, over the last axis, float32.
 
-    The formula of FetchEnv.compute_reward (reward_type "sparse"); --verify checks the two agree. At exactly
-    5 cm the reward is 0 while info["is_success"] is 0 (the env's success test is d < 0.05).
+    The values of FetchEnv.compute_reward (reward_type "sparse"); --verify checks the two agree. (Fetch
+    writes -(d > 0.05), whose success is -0.0; this returns +0.0, which == -0.0.) At exactly 5 cm the
+    reward is 0 while info["is_success"] is 0 (the env's success test is d < 0.05).
     """
     distance = np.linalg.norm(np.asarray(achieved_goal) - np.asarray(desired_goal), axis=-1)
-    return -(distance > distance_threshold).astype(np.float32)
+    return np.where(distance > distance_threshold, -1.0, 0.0).astype(np.float32)
 # --8<-- [end:relabel_transition]
 
 
 # =============================================================================
-# The replay buffer: insert (with episode bookkeeping) and sample (with relabeling)
+# Storing relabeled copies (Algorithm 1), and the replay buffer: insert (with episode bookkeeping) and
+# sample (with relabeling)
 # =============================================================================
 
 # --8<-- [start:her_buffer_insert]
+def process_episode_with_her(
+    episode: Episode,
+    compute_reward: ComputeReward,
+    strategy: GoalStrategy = GoalStrategy.FUTURE,
+    k: int = 4,
+    her_ratio: float = 1.0,
+    rng: np.random.RandomState | None = None,
+) -> list[Transition]:
+    """Algorithm 1 of Andrychowicz et al. (2017), one transition at a time: store every transition with
+    its real goal, then k copies relabeled with goals sampled by `strategy`.
+
+    her_ratio: the probability that a transition gets its k copies (the chapter's knob): 1.0 is the
+    paper's Algorithm 1; 0.0 is no HER. It is not SB3's her_ratio (`her_ratio(k)`, the relabeled share
+    k/(k+1)): here k * her_ratio / (1 + k * her_ratio) of the stored transitions are relabeled on
+    average -- 160 of ~210 (0.76) for a 50-step episode with k=4, her_ratio=0.8.
+    Returns the T originals in time order, each followed by its copies. rng None: the global np.random.
+    """
+    if not 0.0 <= her_ratio <= 1.0:
+        raise ValueError(f"her_ratio is a probability in [0, 1], got {her_ratio}")
+    random = np.random.random_sample if rng is None else rng.random_sample
+    stored: list[Transition] = []
+    for t, transition in enumerate(episode.transitions):
+        stored.append(transition)  # the real goal and reward, always
+        # her_ratio = 1 needs no coin: the draws, and so the goals, are then relabel_episode's
+        if her_ratio < 1.0 and random() >= her_ratio:
+            continue
+        for new_goal in sample_her_goals(episode, t, strategy, k, rng):
+            stored.append(relabel_transition(transition, new_goal, compute_reward))
+    return stored
+
+
+def compute_success_fraction(transitions: Sequence[Transition]) -> float:
+    """Share of transitions with reward 0: achieved_goal within 5 cm of desired_goal (Fetch's success)."""
+    if not transitions:
+        raise ValueError("compute_success_fraction: no transitions")
+    return sum(transition.reward == 0.0 for transition in transitions) / len(transitions)
+
+
 def relabel_episode(
     episode: Transitions,
     strategy: GoalStrategy,
     k: int,
     compute_reward: ComputeReward,
-    rng: np.random.RandomState,
+    rng: np.random.RandomState | None = None,
 ) -> tuple[Transitions, np.ndarray]:
-    """Algorithm 1 of Andrychowicz et al. (2017): store every transition with its real goal, and k more
-    times with goals sampled by `strategy`.
+    """process_episode_with_her(her_ratio=1.0) on arrays, vectorised: every transition stored with its real
+    goal and k more times with goals sampled by `strategy` (the same goals for the same rng).
 
     Returns ((k+1)*T transitions, relabeled [(k+1)*T] bool): the T real ones first, then k relabeled copies
     of transition 0, k of transition 1, ... -- exactly k of every k+1 are relabeled.
@@ -385,6 +541,39 @@ def counting_episode(T: int, episode_id: int = 0, step: float = 0.1) -> Transiti
     )
 
 
+def create_synthetic_episode(
+    n_steps: int = 50,
+    obs_dim: int = 10,
+    act_dim: int = 4,
+    goal_dim: int = 3,
+    rng: np.random.RandomState | None = None,
+) -> Episode:
+    """A random n_steps-step Episode that fails: the chapter's checkpoint data (section 4.5).
+
+    The desired goal g ~ N(0, 1) per axis; the achieved goal starts at N(0, 2^2) and each step moves 2 % of
+    the way to g plus N(0, 1 cm) noise: a jittery drift of a few cm per step that covers about a third of
+    the distance in 50 steps, so it almost never ends within 5 cm of g (reward -1 throughout), while
+    nearby steps' outcomes are within 5 cm of each other. Observations and actions are N(0, 1) noise:
+    relabeling never reads them. rng None: the global np.random, drawn in the order of the chapter's
+    original lab (np.random.seed(s) gives the same episode as there).
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    randn = np.random.randn if rng is None else rng.randn
+    desired_goal = randn(goal_dim)
+    achieved = randn(goal_dim) * 2.0  # ag_0, far from the goal
+    transitions = []
+    for t in range(n_steps):
+        obs, action = randn(obs_dim), randn(act_dim)
+        achieved = achieved + 0.02 * (desired_goal - achieved) + 0.01 * randn(goal_dim)  # ag_{t+1}
+        transitions.append(Transition(
+            obs=obs, action=action, reward=float(sparse_reward(achieved, desired_goal)),
+            next_obs=randn(obs_dim), done=t == n_steps - 1,
+            achieved_goal=achieved.copy(), desired_goal=desired_goal.copy(),
+        ))
+    return Episode(transitions)
+
+
 # =============================================================================
 # --verify: checks that can fail
 # =============================================================================
@@ -464,6 +653,55 @@ def verify_relabeling(env: gym.Env, seed: int) -> bool:
     return ok
 
 
+def future_copy_errors(episode: Episode, stored: Sequence[Transition], k: int) -> list[str]:
+    """What is wrong with process_episode_with_her's FUTURE output for `episode` (empty: nothing).
+
+    Expected: each original record, the very object, in time order, followed by 0 or k copies of it whose
+    goal is an outcome ag_{j+1} with t <= j <= T-1 and whose reward is sparse_reward(ag_{t+1}, goal).
+    """
+    outcomes, errors = episode.achieved_goals(), []
+    positions = [i for i, record in enumerate(stored) if any(record is o for o in episode.transitions)]
+    in_order = len(positions) == len(episode) and all(
+        stored[i] is original for i, original in zip(positions, episode.transitions, strict=True))
+    if not in_order or (positions and positions[0] != 0):
+        return ["the originals are not stored once each, in time order, first"]
+    for t, (begin, end) in enumerate(zip(positions, [*positions[1:], len(stored)], strict=True)):
+        copies = stored[begin + 1:end]
+        if len(copies) not in (0, k):
+            errors.append(f"transition {t}: {len(copies)} relabeled copies, expected 0 or k={k}")
+        for copy in copies:
+            j = [s for s in range(len(outcomes)) if np.array_equal(copy.desired_goal, outcomes[s])]
+            if not j or max(j) < t:
+                errors.append(f"transition {t}: a goal that is not a future outcome ag_(j+1), j >= {t}")
+            if copy.reward != float(sparse_reward(copy.achieved_goal, copy.desired_goal)):
+                errors.append(f"transition {t}: reward {copy.reward} != sparse_reward(achieved, new goal)")
+            if not all(np.array_equal(getattr(copy, name), getattr(stored[begin], name))
+                       for name in ("obs", "action", "next_obs", "done", "achieved_goal")):
+                errors.append(f"transition {t}: relabeling changed more than goal and reward")
+    return errors
+
+
+def verify_her_processing(seed: int, n_steps: int = 50, k: int = 4, her_ratio: float = 0.8) -> bool:
+    """Section 4.5.4's arithmetic on a synthetic failed episode: T originals + k copies per coin that came up."""
+    print("Verifying HER processing...")
+    rng = np.random.RandomState(seed)
+    episode = create_synthetic_episode(n_steps, rng=rng)
+    stored = process_episode_with_her(episode, sparse_reward, GoalStrategy.FUTURE, k, her_ratio, rng)
+    before, after = compute_success_fraction(episode.transitions), compute_success_fraction(stored)
+    n_relabeled = len(stored) - len(episode)
+    print(f"  Original success rate: {before:.1%}")
+    print(f"  HER success rate: {after:.1%}")
+    print(f"  Transitions: {len(episode)} -> {len(stored)} ({n_relabeled} relabeled = {n_relabeled / len(stored):.2f}; "
+          f"expected on average {n_steps} + {her_ratio} * {n_steps} * {k} = {n_steps * (1 + her_ratio * k):.0f})")
+    ok = True
+    for error in future_copy_errors(episode, stored, k):
+        ok &= check(False, error)
+    ok &= check(after > before, f"HER did not raise the success fraction ({before:.1%} -> {after:.1%})")
+    if ok:
+        print("  [PASS] HER processing OK")
+    return ok
+
+
 def fill_buffer(buffer: HerReplayBuffer, streams: Sequence[Transitions]) -> None:
     """Add stream e's row r as env e's step r: streams[e] holds env e's consecutive transitions."""
     for r in range(len(streams[0].reward)):
@@ -517,6 +755,8 @@ def run_verification(env_id: str = REACH_ENV_ID, seed: int = 0) -> bool:
     env = make_fetch_env(env_id)
     print(f"(env: {env_id}, compute_reward = env.unwrapped.compute_reward)")
     results.append(verify_relabeling(env, seed))
+    print()
+    results.append(verify_her_processing(seed))
     print()
     results.append(verify_relabeled_fraction(env, seed))
     env.close()
