@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fetchrl import portable
 from fetchrl.algos.base import Bounds, field_docs, flag_name
 from fetchrl.artifacts import RunPaths
 from fetchrl.chapters import CH02, CHAPTERS
@@ -93,6 +94,8 @@ def _run_options(chapter: Chapter) -> _Parser:
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--reference-env", action="store_true",
                    help="step Gymnasium-Robotics' own env instead of fetchrl's identical fast one")
+    g.add_argument("--portable", action="store_true",
+                   help="the same numbers on any x86-64 CPU with AVX2 (pinned kernels, one thread; docs/portable.md)")
     return p
 
 
@@ -147,7 +150,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     hyperparameters = {f.name: getattr(args, f.name) for f in chapter.defaults.algo.tunable_fields()}
     return chapter.defaults.replace(
         env_id=args.env_id, seed=args.seed, total_steps=args.total_steps, n_envs=args.n_envs, device=args.device,
-        deterministic_torch=args.deterministic, fast_env=not args.reference_env,
+        deterministic_torch=args.deterministic, fast_env=not args.reference_env, portable=args.portable,
         algo=dataclasses.replace(chapter.defaults.algo, **hyperparameters),
     )
 
@@ -423,6 +426,8 @@ def _preflight(args: argparse.Namespace) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "portable", False):  # first: the kernels are chosen when torch and numpy load
+            portable.apply()
         _preflight(args)
         return int(args.handler(args))
     except FetchRLError as err:

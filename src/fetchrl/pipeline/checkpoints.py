@@ -158,6 +158,8 @@ def resume_problems(meta: TrainMeta, config: TrainConfig) -> list[str]:
     for key, value in config.hyperparameters.items():
         if meta.hyperparameters.get(key) != value:
             problems.append(f"{key} {meta.hyperparameters.get(key)!r} != {value!r}")
+    if meta.portable != config.portable:  # the other mode runs other kernels
+        problems.append(f"portable {meta.portable} != {config.portable}")
     now = collect_versions()
     for key in RESUME_VERSION_KEYS:
         if meta.versions.get(key) != now.get(key):

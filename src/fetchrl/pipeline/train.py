@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fetchrl import portable
 from fetchrl.artifacts import RunPaths, TrainMeta, collect_versions, now_iso
 from fetchrl.config import ALGO, HYPERPARAMETER_NAMES, TrainConfig
 from fetchrl.errors import FetchRLError
@@ -174,6 +175,8 @@ def resume_command(config: TrainConfig, paths: RunPaths) -> str:
         parts.append("--reference-env")
     if config.deterministic_torch:
         parts.append("--deterministic")
+    if config.portable:
+        parts.append("--portable")
     return " ".join(parts)
 
 
@@ -197,6 +200,7 @@ def _meta(config: TrainConfig, paths: RunPaths, model: Any, snapshot: Snapshot, 
         complete=complete,
         stop_reason=stop_reason,
         fast_env=config.fast_env,
+        portable=config.portable,
         observation_space=repr(model.observation_space),
         action_space=repr(model.action_space),
     )
@@ -226,6 +230,7 @@ def train(config: TrainConfig, paths: RunPaths, *, progress: bool = True, resume
         from fetchrl.pipeline.checkpoints import check_resumable
 
         check_resumable(config, paths, force=force)  # refuse before building anything
+    portable.require(config.portable)  # a library caller that loaded torch with other kernels is refused here
     _prepare_dirs(paths, fresh_logs=not resume)
     stop = StopRequest().install()  # early: a signal during set-up stops at the first step
     try:
