@@ -3,8 +3,9 @@
 Arms (same algorithm, same hyper-parameters, same seeds):
 - ``plain``: what the chapter does — ``sb3.make_vec_env("FetchReachDense-v4", n_envs=8)`` (DummyVecEnv of
   Monitor(gym.make)), ``PPO("MultiInputPolicy", ...)``, torch's default thread count.
-- ``fetchrl``: ``fetchrl.pipeline.train.train`` with ``TrainConfig(fast_env=True)`` — the lean FetchReach step,
-  the process-parallel VecEnv and ``fastenv.FAST_TORCH_THREADS`` torch threads.
+- ``fetchrl``: ``fetchrl.pipeline.train.train`` with ``TrainConfig(fast_env=True)`` — the fast path of
+  ``fetchrl.runtime.Runtime``: the lean FetchReach step, the process-parallel VecEnv, FastPPO and
+  ``fetchrl.runtime.FAST_TORCH_THREADS`` torch threads.
 
 Every measurement runs in its own child process (clean peak RSS, clean torch state); arms alternate so
 both see the same machine load. The machine is shared: read the *ratios*, and repeat (``--repeats``).
@@ -97,12 +98,13 @@ def _setup(arm: str, torch_threads: int, plain_same_threads: bool = False) -> No
     global _CHILD_MEMORY
     _CHILD_MEMORY = _ChildMemory()
     warnings.simplefilter("ignore")
+    import torch
+
     from fetchrl.tasks import envs
-    from fetchrl.vecenv import process as fastenv
 
     envs.register_envs()
     if arm == "fetchrl" or plain_same_threads:
-        fastenv.configure_torch_threads(torch_threads)
+        torch.set_num_threads(torch_threads)
 
 
 def _config(seed: int, total_steps: int) -> Any:
@@ -123,13 +125,13 @@ def _plain_model(seed: int, total_steps: int) -> Any:
 
 
 def _fetchrl_model(seed: int, total_steps: int) -> Any:
-    """What fetchrl.pipeline.train.train builds (envs.make_vec_env(fast=True) + train._new_model)."""
-    from fetchrl.pipeline.train import _new_model
+    """What fetchrl.pipeline.train.train builds: the runtime's VecEnv and a new model of its class."""
+    from fetchrl.pipeline.setup import new_model, runtime_for
     from fetchrl.tasks import envs
 
     cfg = _config(seed, total_steps)
-    env = envs.make_vec_env(cfg.env_id, cfg.n_envs, seed=seed, fast=True)
-    return _new_model(cfg, env)
+    runtime = runtime_for(cfg)
+    return new_model(cfg, runtime, envs.make_vec_env(runtime, cfg.n_envs, seed=seed))
 
 
 def _eval_seconds(arm: str, model: Any) -> float:
@@ -145,8 +147,9 @@ def _eval_seconds(arm: str, model: Any) -> float:
     else:
         from fetchrl.config import EvalConfig
         from fetchrl.pipeline.evaluate import SB3Policy, evaluate_policy
+        from fetchrl.runtime import Runtime
 
-        evaluate_policy(ENV_ID, SB3Policy(model), EvalConfig(n_episodes=EVAL_EPISODES_TIMED), fast=True)
+        evaluate_policy(Runtime.decide(ENV_ID), SB3Policy(model), EvalConfig(n_episodes=EVAL_EPISODES_TIMED))
     return time.perf_counter() - t0
 
 
@@ -166,15 +169,16 @@ def job_breakdown(arm: str, seed: int, steps: int, torch_threads: int) -> dict[s
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from fetchrl.vecenv import process as fastenv
+    from fetchrl.tasks import fetchreach
+    from fetchrl.vecenv.process import ProcessVecEnv
 
     cfg = _config(seed, steps)
     if arm == "plain+1thread":
         env = make_vec_env(ENV_ID, n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     elif arm == "fastenv-dummy":
-        env = make_vec_env(lambda: fastenv.make(ENV_ID), n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+        env = make_vec_env(lambda: fetchreach.make(ENV_ID), n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     else:
-        env = fastenv.make_vec_env(ENV_ID, cfg.n_envs, seed=seed)
+        env = ProcessVecEnv(ENV_ID, cfg.n_envs, seed=seed)
     if arm == "fastppo":
         from fetchrl.algos.fastppo import FastPPO
 
@@ -225,9 +229,11 @@ def _make_criteria_callback(arm: str, state: _CriteriaState, stop_at_criteria: b
     from fetchrl.chapters.ch02 import CHAPTER
     from fetchrl.config import EvalConfig
     from fetchrl.pipeline.evaluate import SB3Policy, run_episodes
+    from fetchrl.runtime import Runtime
 
     crit = {c.metric: c for c in CHAPTER.criteria}
     seeds = EvalConfig(n_episodes=EVAL_EPISODES_CRITERIA).episode_seeds
+    runtime = Runtime.decide(ENV_ID, reference_env=arm != "fetchrl")
 
     class CriteriaCallback(BaseCallback):
         """Every 16,384 steps: 50 deterministic episodes, clock paused; stop once all criteria hold."""
@@ -239,7 +245,7 @@ def _make_criteria_callback(arm: str, state: _CriteriaState, stop_at_criteria: b
             if self.num_timesteps % EVAL_EVERY:
                 return True
             state.train_s += time.perf_counter() - self._t0
-            eps = run_episodes(ENV_ID, SB3Policy(self.model), seeds, fast=arm == "fetchrl")
+            eps = run_episodes(runtime, SB3Policy(self.model), seeds)
             point = {"steps": self.num_timesteps, "train_s": state.train_s,
                      "success": float(np.mean([e.success for e in eps])),
                      "return": float(np.mean([e.return_ for e in eps])),
@@ -429,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(JOBS[spec.pop("job")](**spec)))
         return 0
 
-    from fetchrl.vecenv import process as fastenv
+    from fetchrl.runtime import FAST_TORCH_THREADS
 
-    threads = args.torch_threads or fastenv.FAST_TORCH_THREADS
+    threads = args.torch_threads or FAST_TORCH_THREADS
     repeats = args.repeats or (1 if args.quick else 3)
     tp_steps = args.throughput_steps or (2 * 8192 if args.quick else 4 * 8192)
     t_start = time.perf_counter()

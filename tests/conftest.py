@@ -21,12 +21,14 @@ TINY_EVAL = EvalConfig(n_episodes=6)
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
     """A real 2,048-step PPO run with its eval JSON, under a session temp dir. Do not modify it."""
     from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.pipeline.setup import runtime_for
     from fetchrl.pipeline.train import train
 
     root = tmp_path_factory.mktemp("tiny_run")
     paths = RunPaths(TINY.env_id, TINY.seed, root)
-    train(TINY, paths, progress=False)
-    evaluate(paths, TINY_EVAL, progress=False)
+    runtime = runtime_for(TINY)
+    train(TINY, paths, progress=False, runtime=runtime)
+    evaluate(paths, TINY_EVAL, runtime, progress=False)
     return paths
 
 

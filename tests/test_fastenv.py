@@ -1,4 +1,4 @@
-"""fetchrl.vecenv.process gives the very numbers of the stock Gymnasium-Robotics / SB3 path.
+"""fetchrl's fast path gives the very numbers of the stock Gymnasium-Robotics / SB3 path.
 
 - FastFetchReachEnv vs gym.make("FetchReach[Dense]-v4"): observations, rewards, is_success,
   terminated/truncated (truncation at step 50) over many random episodes, within 1e-6 (in fact equal).
@@ -11,6 +11,7 @@ No timing assertions: speed is measured by bench/bench_speed.py.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fetchrl.tasks import envs
-from fetchrl.vecenv import process as fastenv
+from fetchrl.runtime import ENV_PROCS_VAR, FAST_TORCH_THREADS, LEGACY_ENV_PROCS_VAR, Runtime
+from fetchrl.tasks import envs, fetchreach
+from fetchrl.vecenv.process import ProcessVecEnv
 
 ATOL = 1e-6
 
@@ -50,10 +52,10 @@ def _random_action(rng: np.random.Generator, step: int) -> np.ndarray:
     return action if step % 7 == 3 else action.astype(np.float32)
 
 
-@pytest.mark.parametrize("env_id", fastenv.FAST_ENV_IDS)
+@pytest.mark.parametrize("env_id", fetchreach.FAST_ENV_IDS)
 def test_fast_env_matches_reference_over_random_episodes(env_id: str) -> None:
-    ref, fast = _reference_env(env_id), fastenv.make(env_id)
-    assert fast.spec is not None and fast.spec.max_episode_steps == fastenv.MAX_EPISODE_STEPS
+    ref, fast = _reference_env(env_id), fetchreach.make(env_id)
+    assert fast.spec is not None and fast.spec.max_episode_steps == fetchreach.MAX_EPISODE_STEPS
     assert fast.observation_space == ref.observation_space and fast.action_space == ref.action_space
     rng = np.random.default_rng(123)
     n_episodes = 100
@@ -62,7 +64,7 @@ def test_fast_env_matches_reference_over_random_episodes(env_id: str) -> None:
         obs_ref, _ = ref.reset(seed=seed)
         obs_fast, _ = fast.reset(seed=seed)
         _assert_obs_close(obs_ref, obs_fast, f"reset seed={seed}")
-        for t in range(fastenv.MAX_EPISODE_STEPS):
+        for t in range(fetchreach.MAX_EPISODE_STEPS):
             action = _random_action(rng, t)
             o1, r1, term1, trunc1, info1 = ref.step(action)
             o2, r2, term2, trunc2, info2 = fast.step(action)
@@ -79,12 +81,12 @@ def test_fast_env_matches_reference_over_random_episodes(env_id: str) -> None:
 def test_fast_env_keeps_reference_state_bit_equal() -> None:
     """The lean step callback skips a full mj_forward; the simulator state must not drift at all."""
     ref = _reference_env("FetchReachDense-v4").unwrapped
-    fast = fastenv.make_raw("FetchReachDense-v4")
+    fast = fetchreach.make_raw("FetchReachDense-v4")
     rng = np.random.default_rng(7)
     for seed in range(5):
         ref.reset(seed=seed)
         fast.reset(seed=seed)
-        for _ in range(fastenv.MAX_EPISODE_STEPS):
+        for _ in range(fetchreach.MAX_EPISODE_STEPS):
             action = rng.uniform(-1, 1, size=4).astype(np.float32)
             ref.step(action)
             fast.step(action)
@@ -93,12 +95,12 @@ def test_fast_env_keeps_reference_state_bit_equal() -> None:
 
 
 def test_fast_env_rejects_wrong_action_shape_and_unknown_id() -> None:
-    env = fastenv.make("FetchReachDense-v4")
+    env = fetchreach.make("FetchReachDense-v4")
     env.reset(seed=0)
     with pytest.raises(ValueError, match="dimension"):
         env.step(np.zeros(3, dtype=np.float32))
     with pytest.raises(ValueError, match="no fast implementation"):
-        fastenv.make("FetchPush-v4")
+        fetchreach.make("FetchPush-v4")
 
 
 def _sb3_dummy(env_id: str, n_envs: int, seed: int) -> Any:
@@ -125,14 +127,14 @@ def _assert_infos_equal(i1: dict[str, Any], i2: dict[str, Any], where: str) -> N
 def test_process_vec_env_matches_dummy_vec_env(n_procs: int) -> None:
     n_envs, seed = 5, 11  # split 3 here + 2 in the worker
     ref = _sb3_dummy("FetchReachDense-v4", n_envs, seed)
-    fast = fastenv.make_vec_env("FetchReachDense-v4", n_envs, seed=seed, n_procs=n_procs)
+    fast = ProcessVecEnv("FetchReachDense-v4", n_envs, seed=seed, n_procs=n_procs)
     assert fast.n_procs == n_procs and fast.n_local == (3 if n_procs == 2 else 5)
     o1, o2 = ref.reset(), fast.reset()
     for key in o1:
         assert np.array_equal(o1[key], o2[key])
     rng = np.random.default_rng(0)
     episodes_ended = 0
-    for t in range(2 * fastenv.MAX_EPISODE_STEPS + 10):
+    for t in range(2 * fetchreach.MAX_EPISODE_STEPS + 10):
         actions = rng.uniform(-1, 1, size=(n_envs, 4)).astype(np.float32)
         obs1, rew1, done1, infos1 = ref.step(actions)
         obs2, rew2, done2, infos2 = fast.step(actions)
@@ -153,7 +155,7 @@ def test_process_vec_env_api_reaches_both_processes() -> None:
     from gymnasium.wrappers import TimeLimit
     from stable_baselines3.common.monitor import Monitor
 
-    vec = fastenv.make_vec_env("FetchReach-v4", 4, seed=0, n_procs=2)  # envs 2 and 3 in the worker
+    vec = ProcessVecEnv("FetchReach-v4", 4, seed=0, n_procs=2)  # envs 2 and 3 in the worker
     try:
         assert vec.get_attr("reward_type") == ["sparse"] * 4
         vec.set_attr("distance_threshold", 0.5, indices=[3, 0])
@@ -184,10 +186,9 @@ def gym_wrapper() -> type:
 
 def test_process_vec_env_reports_a_dead_worker() -> None:
     """A worker killed mid-run makes the next step raise (it does not hang), and close() still works."""
-    import os
     import signal
 
-    vec = fastenv.make_vec_env("FetchReachDense-v4", 2, seed=0, n_procs=2)
+    vec = ProcessVecEnv("FetchReachDense-v4", 2, seed=0, n_procs=2)
     vec.reset()
     os.kill(vec._worker.pid, signal.SIGKILL)
     vec._worker.join(timeout=10)
@@ -199,12 +200,11 @@ def test_process_vec_env_reports_a_dead_worker() -> None:
 def test_env_worker_survives_a_group_sigterm_while_stepping_and_unclosed_envs_do_not_block_exit() -> None:
     """A SIGTERM to the whole process group (systemd, Slurm) must not kill the envs under a training
     process that is stopping cleanly; and a script that never closes its VecEnv still exits."""
-    import os
     import signal
     import subprocess
     import sys
 
-    vec = fastenv.make_vec_env("FetchReachDense-v4", 2, seed=0, n_procs=2)
+    vec = ProcessVecEnv("FetchReachDense-v4", 2, seed=0, n_procs=2)
     vec.reset()
     os.kill(vec._worker.pid, signal.SIGTERM)
     for _ in range(20):
@@ -212,8 +212,8 @@ def test_env_worker_survives_a_group_sigterm_while_stepping_and_unclosed_envs_do
     assert vec._worker.is_alive() and len(infos) == 2
     vec.close()
     assert vec._worker.exitcode == 0
-    script = ("import numpy as np; from fetchrl import fastenv\n"
-              "vec = fastenv.make_vec_env('FetchReachDense-v4', 2, seed=0, n_procs=2); vec.reset()\n"
+    script = ("import numpy as np; from fetchrl.vecenv.process import ProcessVecEnv\n"
+              "vec = ProcessVecEnv('FetchReachDense-v4', 2, seed=0, n_procs=2); vec.reset()\n"
               "vec.step(np.zeros((2, 4), dtype=np.float32)); print('stepped')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "stepped", done.stderr
@@ -221,14 +221,13 @@ def test_env_worker_survives_a_group_sigterm_while_stepping_and_unclosed_envs_do
 
 def test_env_worker_exits_when_its_parent_dies(tmp_path: Path) -> None:
     """No orphan: a worker whose training process was killed (SIGKILL: no cleanup) exits by itself."""
-    import os
     import signal
     import subprocess
     import sys
     import time
 
-    script = ("from fetchrl.vecenv import process as fastenv; import time, sys\n"
-              "vec = fastenv.make_vec_env('FetchReachDense-v4', 2, seed=0, n_procs=2)\n"
+    script = ("from fetchrl.vecenv.process import ProcessVecEnv; import time, sys\n"
+              "vec = ProcessVecEnv('FetchReachDense-v4', 2, seed=0, n_procs=2)\n"
               "print(vec._worker.pid, flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -253,7 +252,7 @@ def test_process_vec_env_state_round_trip_replays_exactly() -> None:
     """get_state/set_state (used by fetchrl.pipeline.resume for bit-exact resume) replay the same stream."""
     import pickle
 
-    vec = fastenv.make_vec_env("FetchReachDense-v4", 4, seed=1, n_procs=2)
+    vec = ProcessVecEnv("FetchReachDense-v4", 4, seed=1, n_procs=2)
     vec.reset()
     rng = np.random.default_rng(5)
     for _ in range(30):
@@ -283,7 +282,7 @@ def test_ppo_on_process_vec_env_gives_identical_parameters() -> None:
 
     params = []
     for vec in (_sb3_dummy("FetchReachDense-v4", 8, 3),
-                fastenv.make_vec_env("FetchReachDense-v4", 8, seed=3, n_procs=2)):
+                ProcessVecEnv("FetchReachDense-v4", 8, seed=3, n_procs=2)):
         model = _tiny_ppo(vec, seed=3)
         model.learn(2 * 64 * 8)
         params.append({k: v.clone() for k, v in model.policy.state_dict().items()})
@@ -298,7 +297,7 @@ def test_checkpoint_from_fast_path_evaluates_in_plain_sb3(tmp_path: Path) -> Non
     from stable_baselines3 import PPO
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    vec = fastenv.make_vec_env("FetchReachDense-v4", 4, seed=0)
+    vec = ProcessVecEnv("FetchReachDense-v4", 4, seed=0)
     model = _tiny_ppo(vec, seed=0)
     model.learn(64 * 4)
     path = tmp_path / "fast_model.zip"
@@ -323,7 +322,7 @@ def test_render_rgb_array_matches_reference() -> None:
         frame_ref = ref.render()
     except Exception as err:  # no GL backend on this machine
         pytest.skip(f"offscreen rendering unavailable: {err}")
-    fast = fastenv.make("FetchReachDense-v4", render_mode="rgb_array")
+    fast = fetchreach.make("FetchReachDense-v4", render_mode="rgb_array")
     fast.reset(seed=0)
     action = np.array([0.5, -0.5, 0.2, 0.0], dtype=np.float32)
     ref.step(action)
@@ -344,13 +343,57 @@ def _model_bytes(model: Any) -> bytes:
 
 def test_vec_env_steps_every_env_with_one_shared_model() -> None:
     """One MjModel for all envs (not for rendering ones), byte-for-byte the model each env would build."""
-    vec = fastenv.make_vec_env("FetchReachDense-v4", 4, seed=0)
+    vec = ProcessVecEnv("FetchReachDense-v4", 4, seed=0)
     assert len({id(e.model) for e in vec.envs}) == 1
     vec.reset()
     for _ in range(60):  # stepping never writes to the shared model
         vec.step(np.random.default_rng(0).uniform(-1, 1, size=(4, 4)).astype(np.float32))
-    assert _model_bytes(vec.envs[0].model) == _model_bytes(fastenv.make_raw("FetchReachDense-v4").model)
+    assert _model_bytes(vec.envs[0].model) == _model_bytes(fetchreach.make_raw("FetchReachDense-v4").model)
     vec.close()
-    rendering = fastenv.make_vec_env("FetchReachDense-v4", 2, seed=0, render_mode="rgb_array")
+    rendering = ProcessVecEnv("FetchReachDense-v4", 2, seed=0, render_mode="rgb_array")
     assert rendering.envs[0].model is not rendering.envs[1].model  # render() moves the target site
     rendering.close()
+
+
+# ============================================================================ the runtime decision
+def _no_env_procs_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (ENV_PROCS_VAR, LEGACY_ENV_PROCS_VAR):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_runtime_decides_the_env_path_and_the_factory_follows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path only for ids with a fast env and without --reference-env; the env factory builds
+    what the runtime says, and both paths start from the same observations."""
+    _no_env_procs_cap(monkeypatch)
+    fast, ref = Runtime.decide("FetchReachDense-v4"), Runtime.decide("FetchReachDense-v4", reference_env=True)
+    assert (fast.fast, fast.torch_threads, fast.env_procs) == (True, FAST_TORCH_THREADS, min(2, os.cpu_count() or 1))
+    assert (ref.fast, ref.torch_threads, ref.env_procs) == (False, None, 1)
+    assert not Runtime.decide("FetchPush-v4").fast  # no fast env for it: plain SB3
+    vec_fast, vec_ref = envs.make_vec_env(fast, 2, seed=4), envs.make_vec_env(ref, 2, seed=4)
+    try:
+        assert isinstance(vec_fast, ProcessVecEnv) and vec_fast.n_procs == fast.env_procs
+        assert type(vec_ref).__name__ == "DummyVecEnv"
+        o_fast, o_ref = vec_fast.reset(), vec_ref.reset()
+        assert all(np.array_equal(o_fast[k], o_ref[k]) for k in o_ref)
+    finally:
+        vec_fast.close()
+        vec_ref.close()
+    for runtime, expected in ((fast, True), (ref, False)):
+        env = envs.make_env(runtime)
+        assert isinstance(env.unwrapped, fetchreach.FastFetchReachEnv) is expected
+        env.close()
+
+
+@pytest.mark.parametrize("var", [ENV_PROCS_VAR, LEGACY_ENV_PROCS_VAR])
+def test_env_process_cap_is_read_once_from_the_environment(var: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep worker's share of one core: no env worker process (the sweeps' older name still counts)."""
+    _no_env_procs_cap(monkeypatch)
+    monkeypatch.setenv(var, "1")
+    runtime = Runtime.decide("FetchReachDense-v4")
+    monkeypatch.setenv(var, "2")  # decided already: later changes do not reach this runtime's envs
+    assert runtime.env_procs == 1
+    vec = envs.make_vec_env(runtime, 2, seed=0)
+    try:
+        assert vec.n_procs == 1 and vec.n_local == 2
+    finally:
+        vec.close()

@@ -19,8 +19,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 from fetchrl.algos.fastppo import FastPPO, LeanPolicy
+from fetchrl.pipeline.setup import model_class
+from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
-from fetchrl.vecenv import process as fastenv
 
 ENV_ID = "FetchReachDense-v4"
 #: Small but complete: 8 envs, rollouts of 128 steps (each crosses two 50-step truncations),
@@ -46,7 +47,8 @@ def _stock_vec(n_envs: int, seed: int) -> Any:
 
 
 def _fast_vec(n_envs: int, seed: int) -> Any:
-    return fastenv.make_vec_env(ENV_ID, n_envs, seed=seed)
+    """fetchrl's fast path: the process VecEnv, through the env factory."""
+    return envs.make_vec_env(Runtime.decide(ENV_ID), n_envs, seed=seed)
 
 
 class _Recorder(BaseCallback):
@@ -110,6 +112,12 @@ def _assert_same_buffer(ref: Any, fast: Any) -> None:
         assert np.array_equal(getattr(rb, name), getattr(fb, name)), name
     for key in rb.observations:
         assert np.array_equal(rb.observations[key], fb.observations[key]), key
+
+
+def test_the_runtime_picks_fastppo_on_the_fast_path_only() -> None:
+    assert model_class(Runtime.decide(ENV_ID)) is FastPPO
+    assert model_class(Runtime.decide(ENV_ID, reference_env=True)) is PPO
+    assert model_class(Runtime.decide("FetchPush-v4")) is PPO  # no fast env: plain SB3 throughout
 
 
 def test_fast_path_equals_the_chapters_plain_sb3_setup() -> None:

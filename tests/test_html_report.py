@@ -69,8 +69,9 @@ def result(run: RunPaths) -> EvalResult:
 @pytest.fixture(scope="module")
 def baselines(result: EvalResult) -> list[EvalResult]:
     from fetchrl.pipeline.evaluate import baseline_results
+    from fetchrl.runtime import Runtime
 
-    return baseline_results(result.env_id, EvalConfig(n_episodes=3, seed_offset=result.seeds[0]))
+    return baseline_results(Runtime.decide(result.env_id), EvalConfig(n_episodes=3, seed_offset=result.seeds[0]))
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +224,9 @@ def test_full_run_end_to_end(run: RunPaths, result: EvalResult, baselines: list[
 
     from fetchrl.analysis.diagnose import diagnose
     from fetchrl.analysis.video import record_video
+    from fetchrl.runtime import Runtime
 
-    gif = record_video(run, episodes=1, width=160, height=120)[0]
+    gif = record_video(run, Runtime.decide(run.env_id), episodes=1, width=160, height=120)[0]
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.plot([0, 1, 2], [0.1, 0.4, 0.8])
     run.curves_png.parent.mkdir(parents=True, exist_ok=True)

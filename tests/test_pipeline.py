@@ -22,6 +22,7 @@ from fetchrl.artifacts import (
 )
 from fetchrl.cli import main
 from fetchrl.config import EvalConfig
+from fetchrl.runtime import Runtime
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ch02_ppo_dense_reach.py"
 
@@ -144,7 +145,7 @@ def test_zero_action_baseline_passes_the_return_criterion_alone() -> None:
     from fetchrl.pipeline.evaluate import baseline_results
     from fetchrl.pipeline.report import check_criteria
 
-    random_res, zero_res = baseline_results("FetchReachDense-v4", EvalConfig(n_episodes=20))
+    random_res, zero_res = baseline_results(Runtime.decide("FetchReachDense-v4"), EvalConfig(n_episodes=20))
     zero = {c.key: c for c in check_criteria(zero_res)}
     assert zero["return_mean"].passed and -10 < zero_res.aggregate["return_mean"] < -4
     assert not zero["success_rate"].passed and not zero["final_distance_mean"].passed
@@ -155,13 +156,14 @@ def test_eval_is_deterministic_for_a_checkpoint(tiny_run: RunPaths) -> None:
     from fetchrl.pipeline.checkpoints import load_model
     from fetchrl.pipeline.evaluate import SB3Policy, evaluate_policy
 
-    model = load_model(tiny_run)
-    a = evaluate_policy(tiny_run.env_id, SB3Policy(model), TINY_EVAL)
-    again = evaluate_policy(tiny_run.env_id, SB3Policy(model), TINY_EVAL)
+    runtime = Runtime.decide(tiny_run.env_id)
+    model = load_model(tiny_run, runtime)
+    a = evaluate_policy(runtime, SB3Policy(model), TINY_EVAL)
+    again = evaluate_policy(runtime, SB3Policy(model), TINY_EVAL)
     assert a.aggregate == again.aggregate  # bit for bit
     assert [e.to_dict() for e in a.per_episode] == [e.to_dict() for e in again.per_episode]
     # One episode at a time instead of side by side: same episodes up to float round-off of batched matmuls.
-    b = evaluate_policy(tiny_run.env_id, SB3Policy(model), EvalConfig(n_episodes=TINY_EVAL.n_episodes, n_envs=1))
+    b = evaluate_policy(runtime, SB3Policy(model), EvalConfig(n_episodes=TINY_EVAL.n_episodes, n_envs=1))
     for key, value in a.aggregate.items():
         assert b.aggregate[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
 

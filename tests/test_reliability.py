@@ -41,15 +41,19 @@ from fetchrl.cli import main
 from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline.callbacks import StopFlagCallback
-from fetchrl.pipeline.checkpoints import load_for_resume, load_model
+from fetchrl.pipeline.checkpoints import load_model, plan_resume
 from fetchrl.pipeline.resume import META_MEMBER, STATE_MEMBER, truncate_event_files
+from fetchrl.pipeline.setup import runtime_for
 from fetchrl.pipeline.train import TrainingInterrupted, train, train_or_resume
+from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ch02_ppo_dense_reach.py"
 #: The reference env path (Gymnasium-Robotics' own env in SB3's DummyVecEnv): resume is bit-exact on it.
 SMALL = TrainConfig(total_steps=1024, n_envs=2, n_steps=128, batch_size=64, n_epochs=2, seed=0, fast_env=False)
+#: Its runtime: the reference path (plain SB3), one decision for every call below.
+RUNTIME = runtime_for(SMALL)
 SMALL_ARGS = ["--reference-env", "--n-envs", "2", "--n-steps", "128", "--batch-size", "64", "--n-epochs", "2"]
 ROLLOUT = SMALL.rollout_size  # 256 steps
 #: Generous bound for "exits within a few seconds" on a loaded 2-core CI machine (typically < 1 s).
@@ -157,6 +161,24 @@ def assert_same_curves(reference: Path, resumed: Path) -> None:
             assert series == ref[tag], tag
 
 
+def _count_opens(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
+    """The mode of every opening of ``path`` from now on (``io.open``: how pathlib and zipfile open files)."""
+    import builtins
+    import io
+
+    real = io.open
+    opened: list[str] = []
+
+    def counting(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, str | os.PathLike) and Path(file) == path:
+            opened.append(mode)
+        return real(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting)
+    monkeypatch.setattr(builtins, "open", counting)
+    return opened
+
+
 def _copy_run(src: RunPaths, root: Path) -> RunPaths:
     shutil.copytree(src.root, root, dirs_exist_ok=True)
     return RunPaths(src.env_id, src.seed, root)
@@ -198,11 +220,15 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, steps: int, sig: int = signal
 
 
 # ============================================================================ interrupt and resume
-def test_resume_from_a_complete_checkpoint_is_bit_exact(reference: RunPaths, tmp_path: Path) -> None:
+def test_resume_from_a_complete_checkpoint_is_bit_exact(reference: RunPaths, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     paths = RunPaths(SMALL.env_id, SMALL.seed, tmp_path)
     half = train(SMALL.replace(total_steps=2 * ROLLOUT), paths, progress=False)
     assert half.complete and half.num_timesteps == 2 * ROLLOUT
+    opened = _count_opens(monkeypatch, paths.checkpoint)
     meta = train(SMALL, paths, progress=False, resume=True)
+    assert opened == ["rb"]  # read once: validated, checked, its state unpickled and the model loaded from it
+    monkeypatch.undo()
     assert meta.complete and meta.num_timesteps == SMALL.total_steps
     assert_same_training(reference, paths)
     assert_same_curves(reference.tb_dir, paths.tb_dir)
@@ -235,7 +261,7 @@ def test_sigterm_in_process_exits_143(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_resume_is_bit_exact_on_the_fast_env_path(tmp_path: Path) -> None:
-    """The default path: fastenv's ProcessVecEnv, captured through its get_state()/set_state()."""
+    """The default path: the process VecEnv, captured through its get_state()/set_state()."""
     fast = SMALL.replace(fast_env=True)
     reference = RunPaths(fast.env_id, fast.seed, tmp_path / "reference")
     train(fast, reference, progress=False)
@@ -245,34 +271,12 @@ def test_resume_is_bit_exact_on_the_fast_env_path(tmp_path: Path) -> None:
     assert_same_training(reference, paths)
 
 
-class _Resumable:
-    """An env wrapper exposing resume hooks to ``VecEnv.env_method`` (the route a SubprocVecEnv would take)."""
-
-    @staticmethod
-    def wrap(env: Any) -> Any:
-        import gymnasium as gym
-
-        from fetchrl.pipeline.resume import capture_env, restore_env
-
-        class Resumable(gym.Wrapper):  # type: ignore[type-arg]
-            def get_resume_state(self) -> dict[str, Any]:
-                return capture_env(self.env)
-
-            def set_resume_state(self, state: dict[str, Any]) -> None:
-                restore_env(self.env, state)
-
-        return Resumable(env)
-
-
 def _vec_env(kind: str) -> Any:
-    from stable_baselines3.common.env_util import make_vec_env
-
-    if kind == "env_method":
-        return make_vec_env(lambda: envs.make_env(SMALL.env_id), n_envs=2, seed=3, wrapper_class=_Resumable.wrap)
-    return envs.make_vec_env(SMALL.env_id, 2, seed=3, fast=kind == "vec")
+    """``vec``: the fast path's process VecEnv; ``wrappers``: the reference path's DummyVecEnv."""
+    return envs.make_vec_env(Runtime.decide(SMALL.env_id, reference_env=kind == "wrappers"), 2, seed=3)
 
 
-@pytest.mark.parametrize("kind", ["wrappers", "vec", "env_method"])
+@pytest.mark.parametrize("kind", ["wrappers", "vec"])
 def test_env_state_round_trips_into_a_fresh_vec_env(kind: str) -> None:
     """Captured mid-episode, restored into a new VecEnv: the next 60 steps (an episode end and an
     autoreset with a new goal included) are bit-identical."""
@@ -365,7 +369,7 @@ def test_second_signal_exits_at_once_without_corrupting_anything(tmp_path: Path)
     assert "Traceback" not in err
     # Whatever the second signal interrupted, what is on disk is whole and loadable (the meta JSON
     # beside the zip may be one checkpoint behind it, never ahead).
-    assert TrainMeta.from_json(paths.meta).num_timesteps <= load_model(paths).num_timesteps
+    assert TrainMeta.from_json(paths.meta).num_timesteps <= load_model(paths, RUNTIME).num_timesteps
     assert not list(paths.checkpoint.parent.glob(".*tmp*")), "a temp file was left behind"
 
 
@@ -431,18 +435,14 @@ def test_resume_refuses_a_mismatched_checkpoint_unless_forced(
         capsys: pytest.CaptureFixture[str]) -> None:
     paths = _copy_run(reference, tmp_path)
     more = SMALL.replace(total_steps=SMALL.total_steps + ROLLOUT)
-    env = envs.make_vec_env(SMALL.env_id, SMALL.n_envs, seed=0, fast=False)
-    try:
-        with pytest.raises(FetchRLError, match=r"refusing to resume .*seed0\.zip: clip_range 0\.2 != 0\.3 .*--force"):
-            load_for_resume(more.replace(clip_range=0.3), paths, env)
-        monkeypatch.setattr("fetchrl.pipeline.checkpoints.collect_versions", lambda: {**collect_versions(), "mujoco": "9.9.9"})
-        with pytest.raises(FetchRLError, match=r"mujoco 3\.11\.0 != 9\.9\.9"):
-            load_for_resume(more, paths, env)
-        monkeypatch.undo()
-        with pytest.raises(FetchRLError, match="already has 1024 steps >= --total-steps 1024"):
-            load_for_resume(SMALL, paths, env, force=True)
-    finally:
-        env.close()
+    with pytest.raises(FetchRLError, match=r"refusing to resume .*seed0\.zip: clip_range 0\.2 != 0\.3 .*--force"):
+        plan_resume(more.replace(clip_range=0.3), paths)
+    monkeypatch.setattr("fetchrl.pipeline.checkpoints.collect_versions", lambda: {**collect_versions(), "mujoco": "9.9.9"})
+    with pytest.raises(FetchRLError, match=r"mujoco 3\.11\.0 != 9\.9\.9"):
+        plan_resume(more, paths)
+    monkeypatch.undo()
+    with pytest.raises(FetchRLError, match="already has 1024 steps >= --total-steps 1024"):
+        plan_resume(SMALL, paths, force=True)
     # Through the CLI: one line, exit 2; then --force resumes (warning that it is not bit-exact).
     args = ["train", "--root", str(tmp_path), "--no-progress", *SMALL_ARGS, "--total-steps", str(more.total_steps),
             "--resume"]
@@ -522,7 +522,7 @@ def _unguarded_writes(path: Path) -> list[str]:
 
 def test_every_artifact_write_is_atomic() -> None:
     """JSON, zip, PNG, GIF, MP4, HTML: all go through artifacts.atomic_path (temp file + rename)."""
-    sources = [p for p in (REPO / "src" / "fetchrl").glob("*.py") if p.name != "artifacts.py"]
+    sources = [p for p in (REPO / "src" / "fetchrl").rglob("*.py") if p.name != "artifacts.py"]
     unguarded = [w for p in sources for w in _unguarded_writes(p)]
     assert not unguarded, "writes outside `with atomic_path(...)`: " + ", ".join(unguarded)
 
@@ -548,20 +548,16 @@ def test_a_damaged_checkpoint_is_named_on_load(damage: Callable[[Path], None], r
     paths = _copy_run(reference, tmp_path)
     damage(paths.checkpoint)
     with pytest.raises(FetchRLError, match=rf"checkpoint {paths.checkpoint} is corrupt"):
-        load_model(paths)
-    env = envs.make_vec_env(SMALL.env_id, SMALL.n_envs, seed=0, fast=False)
-    try:
-        with pytest.raises(FetchRLError, match=rf"checkpoint {paths.checkpoint} is corrupt"):
-            load_for_resume(SMALL.replace(total_steps=2048), paths, env)
-    finally:
-        env.close()
+        load_model(paths, RUNTIME)
+    with pytest.raises(FetchRLError, match=rf"checkpoint {paths.checkpoint} is corrupt"):
+        plan_resume(SMALL.replace(total_steps=2048), paths)
 
 
 def test_damaged_json_and_resume_state_are_named_on_load(reference: RunPaths, tmp_path: Path) -> None:
     paths = _copy_run(reference, tmp_path)
     _truncate(paths.meta)
     with pytest.raises(FetchRLError, match=rf"checkpoint metadata {paths.meta} is corrupt or truncated"):
-        load_model(paths)
+        load_model(paths, RUNTIME)
     shutil.copy(reference.meta, paths.meta)
     _rewrite_zip(paths.checkpoint, replace={STATE_MEMBER: b"\x80\x05garbage"})
     with pytest.raises(FetchRLError, match=rf"resume state in {paths.checkpoint} is corrupt"):
@@ -580,7 +576,7 @@ def test_a_checkpoint_of_another_task_is_refused(reference: RunPaths, tmp_path: 
     shutil.copy(reference.checkpoint, other.checkpoint)
     with pytest.raises(FetchRLError, match=rf"checkpoint {other.checkpoint} was trained on FetchReachDense-v4, "
                                            "not FetchReach-v4"):
-        load_model(other)
+        load_model(other, Runtime.decide(other.env_id, reference_env=True))
     # 2. Meta says other observation spaces (a FetchPush checkpoint filed under FetchReachDense).
     paths = _copy_run(reference, tmp_path / "b")
     meta = read_json(paths.meta, "meta")
@@ -588,18 +584,18 @@ def test_a_checkpoint_of_another_task_is_refused(reference: RunPaths, tmp_path: 
     paths.meta.write_text(json.dumps(meta))
     _rewrite_zip(paths.checkpoint, drop=META_MEMBER)
     with pytest.raises(FetchRLError, match=r"has observation space .*\(25,\).* it belongs to another task"):
-        load_model(paths)
+        load_model(paths, RUNTIME)
     # 3. No metadata at all: the model's own spaces are compared after loading.
     from stable_baselines3 import PPO
 
-    push = envs.make_vec_env("FetchPush-v4", 1, seed=0, fast=False)
+    push = envs.make_vec_env(Runtime.decide("FetchPush-v4"), 1, seed=0)
     try:
         PPO("MultiInputPolicy", push, n_steps=64, batch_size=64, device="cpu").save(paths.checkpoint)
     finally:
         push.close()
     paths.meta.unlink()
     with pytest.raises(FetchRLError, match="observation/action spaces that differ from FetchReachDense-v4's"):
-        load_model(paths)
+        load_model(paths, RUNTIME)
 
 
 # ============================================================================ determinism
@@ -609,7 +605,7 @@ def test_eval_json_repeats_bit_for_bit(reference: RunPaths, tmp_path: Path) -> N
     paths = _copy_run(reference, tmp_path)
     runs = []
     for _ in range(2):
-        evaluate(paths, EvalConfig(n_episodes=4, n_envs=2), fast=False, progress=False)
+        evaluate(paths, EvalConfig(n_episodes=4, n_envs=2), RUNTIME, progress=False)
         runs.append(json.loads(paths.eval_json.read_text()))
     for key in ("aggregate", "per_episode", "seeds", "versions"):
         assert runs[0][key] == runs[1][key], key
@@ -635,7 +631,7 @@ def test_a_resumed_sweep_does_not_retrain_complete_seeds(reference: RunPaths, tm
 
     eval_config = EvalConfig(n_episodes=2, n_envs=2)
     done = _copy_run(reference, tmp_path)
-    evaluate(done, eval_config, fast=False, progress=False)
+    evaluate(done, eval_config, RUNTIME, progress=False)
     interrupted = RunPaths(SMALL.env_id, 1, tmp_path)  # seed 1: an incomplete checkpoint, no eval JSON
     shutil.copy(reference.checkpoint, interrupted.checkpoint)
     meta = TrainMeta.from_json(reference.meta)
@@ -668,7 +664,10 @@ def test_train_or_resume_reuses_complete_and_resumes_interrupted_runs(
     with pytest.raises(TrainingInterrupted):
         train(SMALL, paths, progress=False)
     monkeypatch.undo()
+    opened = _count_opens(monkeypatch, paths.checkpoint)
     assert train_or_resume(SMALL, paths).num_timesteps == SMALL.total_steps
+    assert opened == ["rb"]  # the checkpoint that decided "resume" is the one resumed: read once
+    monkeypatch.undo()
     assert_same_training(reference, paths)
     other = SMALL.replace(total_steps=ROLLOUT, clip_range=0.3)  # another configuration: trained afresh
     assert train_or_resume(other, paths).hyperparameters["clip_range"] == 0.3

@@ -17,9 +17,11 @@ from fetchrl.analysis import video
 from fetchrl.artifacts import RunPaths
 from fetchrl.config import EvalConfig
 from fetchrl.errors import FetchRLError
+from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
 WIDTH, HEIGHT = 320, 240
+RUNTIME = Runtime.decide("FetchReachDense-v4")
 STEPS = 50  # Fetch truncates every episode at 50 steps
 
 
@@ -36,7 +38,7 @@ def run(tiny_run: RunPaths, tmp_path_factory: pytest.TempPathFactory) -> RunPath
 
 @pytest.fixture(scope="module")
 def recorded(run: RunPaths) -> list[Path]:
-    return video.record_video(run, episodes=1, width=WIDTH, height=HEIGHT)
+    return video.record_video(run, RUNTIME, episodes=1, width=WIDTH, height=HEIGHT)
 
 
 def _gif_frames(path: Path) -> tuple[list[np.ndarray], list[int], int | None]:
@@ -52,9 +54,7 @@ def _gif_frames(path: Path) -> tuple[list[np.ndarray], list[int], int | None]:
 
 
 def _raw_reset_frame(env_id: str, seed: int) -> np.ndarray:
-    from fetchrl.tasks import envs
-
-    env = envs.make_env(env_id, render_mode="rgb_array", fast=True, width=WIDTH, height=HEIGHT)
+    env = envs.make_env(Runtime.decide(env_id), render_mode="rgb_array", width=WIDTH, height=HEIGHT)
     try:
         env.reset(seed=seed)
         return np.asarray(env.render())
@@ -127,13 +127,13 @@ def test_goal_distance_in_metres() -> None:
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FetchRLError, match="checkpoint not found"):
-        video.record_video(RunPaths("FetchReachDense-v4", 3, tmp_path), episodes=1)
+        video.record_video(RunPaths("FetchReachDense-v4", 3, tmp_path), RUNTIME, episodes=1)
 
 
 @pytest.mark.parametrize("kwargs", [{"episodes": 0}, {"fps": 0}, {"width": 4}, {"seed_offset": -1}])
 def test_bad_arguments_are_clear_errors(tmp_path: Path, kwargs: dict[str, int]) -> None:
     with pytest.raises(FetchRLError):
-        video.record_video(RunPaths("FetchReachDense-v4", 0, tmp_path), **kwargs)  # type: ignore[arg-type]
+        video.record_video(RunPaths("FetchReachDense-v4", 0, tmp_path), RUNTIME, **kwargs)  # type: ignore[arg-type]
 
 
 def test_broken_gl_is_one_line_error_not_traceback(run: RunPaths, tmp_path: Path) -> None:
@@ -143,8 +143,10 @@ def test_broken_gl_is_one_line_error_not_traceback(run: RunPaths, tmp_path: Path
         from fetchrl.artifacts import RunPaths
         from fetchrl.errors import FetchRLError
         from fetchrl.analysis.video import record_video
+        from fetchrl.runtime import Runtime
         try:
-            record_video(RunPaths({run.env_id!r}, {run.seed}, Path({str(run.root)!r})), episodes=1)
+            record_video(RunPaths({run.env_id!r}, {run.seed}, Path({str(run.root)!r})), Runtime.decide({run.env_id!r}),
+                         episodes=1)
         except FetchRLError as err:
             print(err)
             raise SystemExit(3)

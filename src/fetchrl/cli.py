@@ -28,6 +28,7 @@ from fetchrl.chapters import CH02, CHAPTERS
 from fetchrl.chapters.base import Chapter
 from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
+from fetchrl.runtime import Runtime
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,11 +164,15 @@ def _eval_config(args: argparse.Namespace) -> EvalConfig:
     return dataclasses.replace(_chapter(args).eval_defaults, n_episodes=args.n_eval_episodes)
 
 
+def _runtime(args: argparse.Namespace) -> Runtime:
+    return Runtime.decide(args.env_id, reference_env=args.reference_env)
+
+
 # ============================================================================ handlers
 def cmd_check_env(args: argparse.Namespace) -> int:
     from fetchrl.tasks import checkenv
 
-    ok = checkenv.print_checks(args.env_id, checkenv.run_checks(args.env_id, fast=not args.reference_env))
+    ok = checkenv.print_checks(args.env_id, checkenv.run_checks(_runtime(args)))
     return 0 if ok else 1
 
 
@@ -175,12 +180,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fetchrl.pipeline.train import train
     from fetchrl.tasks import checkenv
 
-    config = _train_config(args)
-    if not checkenv.print_checks(config.env_id, checkenv.run_checks(config.env_id, fast=config.fast_env)):
+    config, runtime = _train_config(args), _runtime(args)
+    if not checkenv.print_checks(config.env_id, checkenv.run_checks(runtime)):
         raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
     paths = _paths(args)
     meta = train(config, paths, progress=not args.no_progress, resume=args.resume, force=args.force,
-                 checkpoint_every=args.checkpoint_every)
+                 checkpoint_every=args.checkpoint_every, runtime=runtime)
     print(f"trained {meta.num_timesteps} steps in {meta.wall_time_s:.1f} s ({meta.steps_per_second:.0f} steps/s)")
     print(f"checkpoint: {paths.checkpoint}\nmetadata:   {paths.meta}\ntensorboard: {paths.tb_dir}")
     return 0
@@ -190,8 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fetchrl.pipeline.evaluate import evaluate
 
     paths = _paths(args)
-    result = evaluate(paths, _eval_config(args), device=args.device, fast=not args.reference_env,
-                      progress=not args.no_progress)
+    result = evaluate(paths, _eval_config(args), _runtime(args), device=args.device, progress=not args.no_progress)
     agg = result.aggregate
     print(f"success_rate {agg['success_rate']:.3f}  return_mean {agg['return_mean']:.3f}  "
           f"final_distance_mean {agg['final_distance_mean']:.4f} m  ({result.n_episodes} episodes, "
@@ -203,7 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fetchrl.pipeline.commands import report
 
-    return report(_paths(args), fast=not args.reference_env)
+    return report(_paths(args), _runtime(args))
 
 
 def cmd_all(args: argparse.Namespace) -> int:
@@ -253,7 +257,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_video(args: argparse.Namespace) -> int:
     from fetchrl.analysis.video import record_video
 
-    out = record_video(_paths(args), episodes=args.episodes, device=args.device)
+    out = record_video(_paths(args), _runtime(args), episodes=args.episodes, device=args.device)
     print(f"video: {', '.join(str(p) for p in out)}")
     return 0
 

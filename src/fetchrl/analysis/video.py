@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fetchrl.artifacts import RunPaths, atomic_path
 from fetchrl.config import EvalConfig
 from fetchrl.errors import FetchRLError
+from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
 #: Milliseconds the last frame of each episode stays on screen, so the final distance can be read.
@@ -163,7 +164,7 @@ def _quiet_unraisable() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def _try_render(env_id: str, width: int, height: int) -> tuple[Any, Any, str | None]:
+def _try_render(runtime: Runtime, width: int, height: int) -> tuple[Any, Any, str | None]:
     """(env, first frame, None) or (None, None, what went wrong); a failed env is closed and collected."""
     env: Any = None
     frame: Any = None
@@ -174,9 +175,9 @@ def _try_render(env_id: str, width: int, height: int) -> tuple[Any, Any, str | N
         warnings.simplefilter("ignore")  # glfw warns twice before failing without a display
         try:
             try:
-                env = envs.make_env(env_id, render_mode="rgb_array", fast=True, width=width, height=height)
+                env = envs.make_env(runtime, render_mode="rgb_array", width=width, height=height)
             except TypeError:  # an env without width/height kwargs: frames are resized instead
-                env = envs.make_env(env_id, render_mode="rgb_array", fast=True)
+                env = envs.make_env(runtime, render_mode="rgb_array")
             env.reset(seed=0)
             frame = env.render()
         except FetchRLError:
@@ -194,9 +195,9 @@ def _try_render(env_id: str, width: int, height: int) -> tuple[Any, Any, str | N
     return env, frame, problem
 
 
-def _open_env(env_id: str, width: int, height: int) -> tuple[Any, np.ndarray]:
+def _open_env(runtime: Runtime, width: int, height: int) -> tuple[Any, np.ndarray]:
     """A rendering env (frames width x height when supported) and a first test frame."""
-    env, frame, problem = _try_render(env_id, width, height)
+    env, frame, problem = _try_render(runtime, width, height)
     if problem is not None:
         raise envs.render_backend_error(problem)
     return env, frame
@@ -318,12 +319,13 @@ def _check_args(episodes: int, fps: int, width: int, height: int, seed_offset: i
         raise FetchRLError(f"video seed offset must be >= 0, got {seed_offset}")
 
 
-def record_video(paths: RunPaths, *, episodes: int = 5, device: str = "cpu", fps: int = 25, width: int = 480,
-                 height: int = 360, seed_offset: int | None = None) -> list[Path]:
+def record_video(paths: RunPaths, runtime: Runtime, *, episodes: int = 5, device: str = "cpu", fps: int = 25,
+                 width: int = 480, height: int = 360, seed_offset: int | None = None) -> list[Path]:
     """Render ``episodes`` deterministic episodes of the checkpoint at ``paths`` with a distance overlay.
 
     Args:
         paths: the run; reads ``paths.checkpoint``, writes ``paths.video_gif`` (and ``paths.video_mp4``).
+        runtime: the env path the episodes are rendered on (same frames on either path).
         episodes: episodes to show; episode i is reset with seed ``seed_offset + i``.
         device: torch device of the policy.
         fps: playback rate; 25 is real time for Fetch (one step is 0.04 s of simulation).
@@ -343,8 +345,8 @@ def record_video(paths: RunPaths, *, episodes: int = 5, device: str = "cpu", fps
     seeds = EvalConfig(n_episodes=episodes, seed_offset=offset).episode_seeds
     envs.ensure_render_backend()
     envs.import_mujoco()
-    model = load_model(paths, device=device)
-    env, _ = _open_env(paths.env_id, width, height)
+    model = load_model(paths, runtime, device=device)
+    env, _ = _open_env(runtime, width, height)
     try:
         clip = _record_episodes(env, model, seeds, fps=fps, width=width, height=height)
     finally:

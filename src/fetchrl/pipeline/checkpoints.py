@@ -1,11 +1,16 @@
-"""Writing and loading checkpoints: atomic, self-describing, with clear messages for bad files.
+"""Writing and reading checkpoints: atomic, self-describing, read once, with clear messages for bad files.
 
 A checkpoint is SB3's zip (policy, optimiser, counters) plus two members fetchrl adds to it:
 ``fetchrl/meta.json`` (the run's :class:`TrainMeta`) and ``fetchrl/resume_state.pkl`` (RNG and
 simulator state, see :mod:`fetchrl.pipeline.resume`). One atomic rename commits all three, so the weights,
 the resume state and the identity of a checkpoint can never disagree, whatever kills the process.
 The ``.meta.json`` beside the zip is written after it; a crash in between leaves that file one
-checkpoint behind, and resuming trusts the zip's own copy.
+checkpoint behind, and every reader trusts the zip's own copy.
+
+Reading: :meth:`Checkpoint.read` reads the file once and validates it (zip, SB3's members, CRCs,
+metadata); everything downstream — :func:`load_model` for evaluation and video, :func:`plan_resume`
+and :func:`resume_model` for training on — works on that one object, and SB3 loads the model from
+its bytes.
 """
 
 from __future__ import annotations
@@ -13,19 +18,25 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fetchrl.artifacts import RunPaths, TrainMeta, atomic_write_bytes, collect_versions
 from fetchrl.config import TrainConfig
 from fetchrl.errors import FetchRLError
+from fetchrl.pipeline import resume
 from fetchrl.pipeline.resume import META_MEMBER, STATE_MEMBER, ResumeState, Snapshot
+from fetchrl.pipeline.setup import model_class
+from fetchrl.runtime import Runtime
+from fetchrl.tasks import envs
 
 #: Versions that change the numbers a resumed run produces.
 RESUME_VERSION_KEYS = ("stable_baselines3", "torch", "mujoco", "gymnasium_robotics")
 #: Members every SB3 PPO checkpoint has.
 SB3_MEMBERS = ("data", "policy.pth", "policy.optimizer.pth")
+#: What SB3's ``load`` raises on a zip it cannot turn into a model.
+_LOAD_ERRORS = (zipfile.BadZipFile, EOFError, KeyError, RuntimeError, ValueError, OSError, AssertionError)
 
 
 # ============================================================================ writing
@@ -39,34 +50,31 @@ def write_checkpoint(paths: RunPaths, snapshot: Snapshot, meta: TrainMeta) -> No
     meta.to_json(paths.meta)
 
 
-# ============================================================================ reading
-def require_zip(ckpt: Path, seed: int) -> None:
-    """Raise FetchRLError naming ``ckpt`` when it is missing, truncated or fails its CRC checks."""
-    if not ckpt.is_file():
-        raise FetchRLError(f"checkpoint not found: {ckpt} (run `train --seed {seed}` first)")
-    if not zipfile.is_zipfile(ckpt):
-        raise FetchRLError(f"checkpoint {ckpt} is corrupt or truncated (not a zip); retrain or restore it")
+# ============================================================================ reading, once
+def _corrupt(ckpt: Path, why: str) -> FetchRLError:
+    return FetchRLError(f"checkpoint {ckpt} is corrupt{why}; retrain or restore it")
+
+
+def _members(ckpt: Path, data: bytes) -> dict[str, bytes | None]:
+    """fetchrl's members of the zip ``data`` (None when absent), after checking SB3's members and every CRC."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise _corrupt(ckpt, " or truncated (not a zip)")
     try:
-        with zipfile.ZipFile(ckpt) as zf:
-            missing = sorted(set(SB3_MEMBERS) - set(zf.namelist()))
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = set(zf.namelist())
+            missing = sorted(set(SB3_MEMBERS) - names)
             bad = None if missing else zf.testzip()
+            ours = {m: zf.read(m) if m in names and bad is None else None for m in (META_MEMBER, STATE_MEMBER)}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise FetchRLError(f"checkpoint {ckpt} is corrupt or truncated ({err}); retrain or restore it") from None
+        raise _corrupt(ckpt, f" or truncated ({err})") from None
     if missing:  # a truncated SB3 zip can still look like a zip: torch stores each .pth as a zip of its own
-        raise FetchRLError(f"checkpoint {ckpt} is corrupt or truncated (no {', '.join(missing)} inside); "
-                           "retrain or restore it")
+        raise _corrupt(ckpt, f" or truncated (no {', '.join(missing)} inside)")
     if bad is not None:
-        raise FetchRLError(f"checkpoint {ckpt} is corrupt (bad CRC in member {bad!r}); retrain or restore it")
+        raise _corrupt(ckpt, f" (bad CRC in member {bad!r})")
+    return ours
 
 
-def _read_member(ckpt: Path, member: str) -> bytes | None:
-    with zipfile.ZipFile(ckpt) as zf:
-        return zf.read(member) if member in zf.namelist() else None
-
-
-def embedded_meta(ckpt: Path) -> TrainMeta | None:
-    """The TrainMeta stored inside the zip (None for a checkpoint written without one)."""
-    raw = _read_member(ckpt, META_MEMBER)
+def _embedded_meta(ckpt: Path, raw: bytes | None) -> TrainMeta | None:
     if raw is None:
         return None
     try:
@@ -76,77 +84,94 @@ def embedded_meta(ckpt: Path) -> TrainMeta | None:
     return TrainMeta.from_dict(data, ckpt, "metadata inside checkpoint")
 
 
-def embedded_state(ckpt: Path) -> ResumeState | None:
-    raw = _read_member(ckpt, STATE_MEMBER)
-    return None if raw is None else ResumeState.from_bytes(raw, str(ckpt))
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint, read from disk and validated once; SB3 loads the model from :attr:`data`."""
+
+    path: Path
+    """The zip it was read from (every message names it)."""
+    data: bytes = field(repr=False)
+    """The whole zip."""
+    meta: TrainMeta | None
+    """The run's identity: the zip's own copy, else the ``.meta.json`` beside it (None: neither)."""
+    state_bytes: bytes | None = field(repr=False)
+    """fetchrl's resume state, still pickled (None: written without one). Unpickled only to resume,
+    so a damaged one never stops an evaluation."""
+
+    @classmethod
+    def read(cls, paths: RunPaths) -> Checkpoint:
+        """Read ``paths.checkpoint`` (and the ``.meta.json`` beside it) once.
+
+        Raises FetchRLError naming the file when the zip is missing, truncated, lacks SB3's members
+        or fails a CRC check, and when either copy of the metadata is corrupt (a corrupt
+        ``.meta.json`` is reported even when the zip has its own copy).
+        """
+        ckpt = paths.checkpoint
+        if not ckpt.is_file():
+            raise FetchRLError(f"checkpoint not found: {ckpt} (run `train --seed {paths.seed}` first)")
+        try:
+            data = ckpt.read_bytes()
+        except OSError as err:
+            raise FetchRLError(f"cannot read checkpoint {ckpt}: {err.strerror or err}") from None
+        members = _members(ckpt, data)
+        side = TrainMeta.from_json(paths.meta) if paths.meta.is_file() else None
+        inside = _embedded_meta(ckpt, members[META_MEMBER])
+        return cls(ckpt, data, inside or side, members[STATE_MEMBER])
+
+    def resume_state(self) -> ResumeState | None:
+        """The unpickled resume state (FetchRLError naming the file when it is corrupt)."""
+        return None if self.state_bytes is None else ResumeState.from_bytes(self.state_bytes, str(self.path))
+
+    def check_identity(self, env_id: str, spaces: tuple[Any, Any]) -> None:
+        """Refuse a checkpoint whose metadata names another env id or other observation/action spaces."""
+        if self.meta is None:
+            return
+        if self.meta.env_id != env_id:
+            raise FetchRLError(f"checkpoint {self.path} was trained on {self.meta.env_id}, not {env_id}")
+        for what, saved, current in (("observation", self.meta.observation_space, spaces[0]),
+                                     ("action", self.meta.action_space, spaces[1])):
+            if saved and saved != repr(current):
+                raise FetchRLError(f"checkpoint {self.path} has {what} space {saved}, but {env_id} has "
+                                   f"{current!r}; it belongs to another task")
+
+    def load(self, cls: Any, env_id: str, spaces: tuple[Any, Any], *, env: Any = None, device: str = "cpu",
+             force_reset: bool = True, **overrides: Any) -> Any:
+        """``cls.load`` from :attr:`data`, after :meth:`check_identity`; FetchRLError names the file on any problem.
+
+        Args:
+            cls: the algorithm's class (:func:`fetchrl.pipeline.setup.model_class`).
+            env_id, spaces: the task the caller needs and its (observation, action) spaces.
+            env: the VecEnv to continue training in (None: predict only).
+            force_reset: SB3's flag; False keeps the saved ``_last_obs`` (bit-exact resume).
+            overrides: attributes set before SB3 rebuilds the model (e.g. hyper-parameters on ``--force``).
+        """
+        self.check_identity(env_id, spaces)
+        try:
+            model = cls.load(io.BytesIO(self.data), env=env, device=device, force_reset=force_reset, **overrides)
+        except _LOAD_ERRORS as err:
+            raise FetchRLError(f"checkpoint {self.path} cannot be loaded ({type(err).__name__}: {err}); "
+                               "retrain it") from None
+        if model.observation_space != spaces[0] or model.action_space != spaces[1]:
+            raise FetchRLError(f"checkpoint {self.path} has observation/action spaces that differ from {env_id}'s")
+        return model
 
 
-def load_meta(paths: RunPaths) -> TrainMeta:
-    return TrainMeta.from_json(paths.meta)
-
-
-def checkpoint_meta(paths: RunPaths) -> TrainMeta | None:
-    """The checkpoint's identity: the zip's own copy, else the ``.meta.json`` beside it.
-
-    A corrupt ``.meta.json`` is reported (naming the file) even when the zip has its own copy.
-    """
-    side = load_meta(paths) if paths.meta.is_file() else None
-    inside = embedded_meta(paths.checkpoint)
-    return inside or side
-
-
-def _check_identity(meta: TrainMeta | None, ckpt: Path, env_id: str, spaces: tuple[Any, Any] | None) -> None:
-    """Refuse a checkpoint whose metadata names another env id or other observation/action spaces."""
-    if meta is None:
-        return
-    if meta.env_id != env_id:
-        raise FetchRLError(f"checkpoint {ckpt} was trained on {meta.env_id}, not {env_id}")
-    if spaces is None:
-        return
-    for what, saved, current in (("observation", meta.observation_space, spaces[0]),
-                                 ("action", meta.action_space, spaces[1])):
-        if saved and saved != repr(current):
-            raise FetchRLError(f"checkpoint {ckpt} has {what} space {saved}, but {env_id} has {current!r}; "
-                               "it belongs to another task")
-
-
-def _probe_spaces(env_id: str) -> tuple[Any, Any]:
-    from fetchrl.tasks import envs
-
-    probe = envs.make_env(env_id)
+def _spaces(runtime: Runtime) -> tuple[Any, Any]:
+    """(observation space, action space) of ``runtime``'s env, from a probe env closed at once."""
+    probe = envs.make_env(runtime)
     try:
         return probe.observation_space, probe.action_space
     finally:
         probe.close()
 
 
-def load_model(paths: RunPaths, env: Any = None, *, device: str = "cpu", expected_env_id: str | None = None,
-               force_reset: bool = True, model_class: Any = None, **overrides: Any) -> Any:
-    """Load ``paths.checkpoint`` with ``PPO.load``; FetchRLError names the file on any problem.
-
-    Args:
-        env: the VecEnv to continue training in (None: predict only; spaces are checked on a probe env).
-        expected_env_id: the env id the caller needs (default ``paths.env_id``).
-        force_reset: SB3's flag; False keeps the saved ``_last_obs`` (bit-exact resume).
-        model_class: the PPO class to load into (default SB3's; ``fetchrl.algos.fastppo.FastPPO`` to train on).
-        overrides: attributes set before SB3 rebuilds the model (e.g. hyper-parameters on ``--force``).
-    """
-    from stable_baselines3 import PPO
-
-    model_class = model_class or PPO
-
-    ckpt = paths.checkpoint
-    env_id = expected_env_id or paths.env_id
-    require_zip(ckpt, paths.seed)
-    spaces = (env.observation_space, env.action_space) if env is not None else _probe_spaces(env_id)
-    _check_identity(checkpoint_meta(paths), ckpt, env_id, spaces)
-    try:
-        model = model_class.load(ckpt, env=env, device=device, force_reset=force_reset, **overrides)
-    except (zipfile.BadZipFile, EOFError, KeyError, RuntimeError, ValueError, OSError, AssertionError) as err:
-        raise FetchRLError(f"checkpoint {ckpt} cannot be loaded ({type(err).__name__}: {err}); retrain it") from None
-    if model.observation_space != spaces[0] or model.action_space != spaces[1]:
-        raise FetchRLError(f"checkpoint {ckpt} has observation/action spaces that differ from {env_id}'s")
-    return model
+def load_model(paths: RunPaths, runtime: Runtime, *, device: str = "cpu") -> Any:
+    """The checkpoint at ``paths``, to act with: read once, checked against ``runtime``'s task, loaded
+    into the algorithm's class for ``runtime`` (no env attached)."""
+    if runtime.env_id != paths.env_id:
+        raise ValueError(f"runtime for {runtime.env_id} given for a run of {paths.env_id}")
+    checkpoint = Checkpoint.read(paths)
+    return checkpoint.load(model_class(runtime), runtime.env_id, _spaces(runtime), device=device)
 
 
 # ============================================================================ resuming
@@ -167,30 +192,32 @@ def resume_problems(meta: TrainMeta, config: TrainConfig) -> list[str]:
     return problems
 
 
-@dataclass
-class Resumed:
-    """A checkpoint loaded to continue training."""
+@dataclass(frozen=True)
+class ResumePlan:
+    """A checkpoint accepted for continuing a run: read once, checked, its resume state unpickled."""
 
-    model: Any
+    checkpoint: Checkpoint
     meta: TrainMeta
+    problems: tuple[str, ...]
+    """What differs from the run's configuration (only with ``--force``; the continuation is then not exact)."""
     state: ResumeState | None
     """fetchrl's resume state (None: a checkpoint written without one)."""
-    inexact: str | None
-    """Why the continuation will not replay the uninterrupted run (None: it will, bit for bit)."""
 
 
-def check_resumable(config: TrainConfig, paths: RunPaths, *,
-                    force: bool = False) -> tuple[TrainMeta, list[str], ResumeState | None]:
-    """The checkpoint's meta, what differs from ``config`` (allowed by ``force``) and its resume state.
+def plan_resume(config: TrainConfig, paths: RunPaths, *, force: bool = False,
+                checkpoint: Checkpoint | None = None) -> ResumePlan:
+    """Accept ``paths.checkpoint`` (or ``checkpoint``, when the caller has read it) for continuing to
+    ``config.total_steps``; differences from ``config`` are allowed only with ``force``.
 
-    Raises FetchRLError, naming the file, when the checkpoint cannot be resumed.
-    Cheap (no env, no torch): run it before building anything.
+    Raises FetchRLError, naming the file, when it cannot be resumed. Cheap (no env, no model):
+    run it before building anything.
     """
     ckpt = paths.checkpoint
-    if not ckpt.is_file():
-        raise FetchRLError(f"nothing to resume: no checkpoint at {ckpt}; run train without --resume")
-    require_zip(ckpt, paths.seed)
-    meta = checkpoint_meta(paths)
+    if checkpoint is None:
+        if not ckpt.is_file():
+            raise FetchRLError(f"nothing to resume: no checkpoint at {ckpt}; run train without --resume")
+        checkpoint = Checkpoint.read(paths)
+    meta = checkpoint.meta
     if meta is None:
         raise FetchRLError(f"cannot resume {ckpt}: its metadata {paths.meta} is missing; retrain it")
     problems = resume_problems(meta, config)
@@ -201,32 +228,39 @@ def check_resumable(config: TrainConfig, paths: RunPaths, *,
             f"{ckpt} already has {meta.num_timesteps} steps >= --total-steps {config.total_steps}; "
             "raise --total-steps to train further"
         )
-    return meta, problems, embedded_state(ckpt)
+    return ResumePlan(checkpoint, meta, tuple(problems), checkpoint.resume_state())
 
 
-def load_for_resume(config: TrainConfig, paths: RunPaths, env: Any, *, force: bool = False,
-                    model_class: Any = None) -> Resumed:
-    """Load the latest checkpoint of ``config.seed`` to continue it, refusing a mismatched one.
+@dataclass
+class Resumed:
+    """A checkpoint loaded to continue training."""
+
+    model: Any
+    state: ResumeState | None
+    """fetchrl's resume state (None: a checkpoint written without one)."""
+    inexact: str | None
+    """Why the continuation will not replay the uninterrupted run (None: it will, bit for bit)."""
+
+
+def resume_model(plan: ResumePlan, config: TrainConfig, runtime: Runtime, env: Any) -> Resumed:
+    """The planned checkpoint's model, attached to ``env``, with ``env``'s state restored first.
 
     Environment state is restored into ``env`` here (before SB3 sees it); RNG states are left to
     the caller, who restores them last, right before ``learn``.
     """
-    from fetchrl.pipeline import resume
-
-    meta, problems, state = check_resumable(config, paths, force=force)
+    state = plan.state
     env_restored = False
     if state is None:
         inexact: str | None = "the checkpoint holds no resume state"
-    elif meta.hyperparameters.get("n_envs") != config.n_envs:
-        inexact = f"n_envs changed from {meta.hyperparameters.get('n_envs')} to {config.n_envs}"
+    elif plan.meta.hyperparameters.get("n_envs") != config.n_envs:
+        inexact = f"n_envs changed from {plan.meta.hyperparameters.get('n_envs')} to {config.n_envs}"
     else:
         inexact = resume.restore_vec_env(env, state.envs)
         env_restored = inexact is None
-    if problems:
-        inexact = inexact or "resumed with --force despite: " + "; ".join(problems)
-    model = load_model(paths, env=env, device=config.device, expected_env_id=config.env_id,
-                       force_reset=not env_restored, model_class=model_class, **config.ppo_kwargs())
+    if plan.problems:
+        inexact = inexact or "resumed with --force despite: " + "; ".join(plan.problems)
+    model = plan.checkpoint.load(model_class(runtime), config.env_id, (env.observation_space, env.action_space),
+                                 env=env, device=config.device, force_reset=not env_restored, **config.ppo_kwargs())
     if state is not None:
         resume.restore_sb3(model, state.sb3, with_env=env_restored)
-    return Resumed(model, meta, state, inexact)
-
+    return Resumed(model, state, inexact)

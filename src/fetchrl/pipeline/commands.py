@@ -16,6 +16,7 @@ from fetchrl import artifacts
 from fetchrl.artifacts import EvalResult, RunPaths, SettingSummary, SweepSummary
 from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
+from fetchrl.runtime import Runtime
 
 console = Console()
 
@@ -42,14 +43,14 @@ def _plot_or_none(plot_fn: Any, *args: Any, **kwargs: Any) -> Path | None:
         return None
 
 
-def _baselines(result: EvalResult, fast: bool) -> list[EvalResult]:
+def _baselines(result: EvalResult, runtime: Runtime) -> list[EvalResult]:
     from fetchrl.pipeline.evaluate import baseline_results
 
     eval_config = EvalConfig(n_episodes=result.n_episodes, seed_offset=result.seeds[0])
-    return baseline_results(result.env_id, eval_config, fast=fast)
+    return baseline_results(runtime, eval_config)
 
 
-def report(paths: RunPaths, *, fast: bool = True, diagnosis: Any | None = None,
+def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Any | None = None,
            baselines: list[EvalResult] | None = None) -> int:
     """Criteria table (trained vs random vs zero-action), diagnosis; writes the report markdown."""
     from fetchrl.pipeline.report import print_criteria, write_report
@@ -57,7 +58,7 @@ def report(paths: RunPaths, *, fast: bool = True, diagnosis: Any | None = None,
     result = EvalResult.from_json(paths.eval_json)
     if result.env_id != paths.env_id:
         raise FetchRLError(f"eval JSON {paths.eval_json} is for {result.env_id}, not {paths.env_id}")
-    baselines = baselines if baselines is not None else _baselines(result, fast)
+    baselines = baselines if baselines is not None else _baselines(result, runtime)
     diagnosis = diagnosis if diagnosis is not None else _diagnosis_or_none(paths)
     ok = print_criteria(result, baselines)
     if diagnosis is not None:
@@ -73,25 +74,27 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     from fetchrl.analysis.html_report import write_html_report
     from fetchrl.analysis.plots import plot_run
     from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.pipeline.setup import runtime_for
     from fetchrl.pipeline.train import train
     from fetchrl.tasks import checkenv
 
-    if not checkenv.print_checks(config.env_id, checkenv.run_checks(config.env_id, fast=config.fast_env)):
+    runtime = runtime_for(config)  # the env path of every stage below
+    if not checkenv.print_checks(config.env_id, checkenv.run_checks(runtime)):
         raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
-    meta = train(config, paths, progress=progress, resume=resume)
+    meta = train(config, paths, progress=progress, resume=resume, runtime=runtime)
     console.print(f"trained {meta.num_timesteps} steps in {meta.wall_time_s:.1f} s "
                   f"({meta.steps_per_second:.0f} steps/s) -> {paths.checkpoint}")
-    result = evaluate(paths, eval_config, device=config.device, fast=config.fast_env, progress=progress)
+    result = evaluate(paths, eval_config, runtime, device=config.device, progress=progress)
     console.print(f"evaluated {result.n_episodes} episodes in {result.eval_seconds:.1f} s -> {paths.eval_json}")
     diagnosis = _diagnosis_or_none(paths)
-    baselines = _baselines(result, config.fast_env)
-    code = report(paths, fast=config.fast_env, diagnosis=diagnosis, baselines=baselines)
+    baselines = _baselines(result, runtime)
+    code = report(paths, runtime, diagnosis=diagnosis, baselines=baselines)
     curves = _plot_or_none(plot_run, paths.tb_dir, paths.curves_png)
     gif = None
     if video:
         from fetchrl.analysis.video import record_video
 
-        gif = record_video(paths, device=config.device)[0]
+        gif = record_video(paths, runtime, device=config.device)[0]
     html = write_html_report(paths, result=result, baselines=baselines, meta=meta, diagnosis=diagnosis,
                              curves_png=curves, gif=gif)
     console.print(f"curves: {curves}" + (f"\nvideo: {gif}" if gif else "") + f"\nHTML report: {html}")

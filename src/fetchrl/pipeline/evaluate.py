@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from fetchrl.artifacts import (
     EpisodeRecord,
@@ -26,6 +27,8 @@ from fetchrl.artifacts import (
     now_iso,
 )
 from fetchrl.config import ALGO, EvalConfig
+from fetchrl.pipeline.checkpoints import load_model
+from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
 Obs = dict[str, np.ndarray]
@@ -108,12 +111,10 @@ def _episode_record(seed: int, rewards: list[float], actions: list[np.ndarray], 
     )
 
 
-def run_episodes(env_id: str, policy: Policy, seeds: Sequence[int], *, n_envs: int = 10, fast: bool = True,
+def run_episodes(runtime: Runtime, policy: Policy, seeds: Sequence[int], *, n_envs: int = 10,
                  progress: bool = False) -> list[EpisodeRecord]:
-    """Run one episode per seed, ``n_envs`` side by side; returns records in ``seeds`` order."""
-    from tqdm.auto import tqdm
-
-    pool = [envs.make_env(env_id, fast=fast) for _ in range(min(n_envs, len(seeds)))]
+    """Run one episode per seed on ``runtime``'s env, ``n_envs`` side by side; records in ``seeds`` order."""
+    pool = [envs.make_env(runtime) for _ in range(min(n_envs, len(seeds)))]
     records: list[EpisodeRecord] = []
     bar = tqdm(total=len(seeds), desc=f"eval {policy.name}", unit="ep", disable=not progress, dynamic_ncols=True)
     try:
@@ -156,16 +157,16 @@ def _run_chunk(pool: list[Any], policy: Policy, seeds: list[int]) -> list[Episod
             for i in range(n)]
 
 
-def evaluate_policy(env_id: str, policy: Policy, eval_config: EvalConfig, *, checkpoint: str = "",
-                    device: str = "cpu", fast: bool = True, progress: bool = False) -> EvalResult:
-    """Score ``policy`` on the documented episode seeds; nothing is written."""
+def evaluate_policy(runtime: Runtime, policy: Policy, eval_config: EvalConfig, *, checkpoint: str = "",
+                    device: str = "cpu", progress: bool = False) -> EvalResult:
+    """Score ``policy`` on ``runtime``'s task and the documented episode seeds; nothing is written."""
     t0 = time.perf_counter()
-    episodes = run_episodes(env_id, policy, eval_config.episode_seeds, n_envs=eval_config.n_envs, fast=fast,
+    episodes = run_episodes(runtime, policy, eval_config.episode_seeds, n_envs=eval_config.n_envs,
                             progress=progress)
     return EvalResult(
         created_at=now_iso(),
         algo=ALGO,
-        env_id=env_id,
+        env_id=runtime.env_id,
         checkpoint=checkpoint,
         device=device,
         n_episodes=len(episodes),
@@ -179,21 +180,19 @@ def evaluate_policy(env_id: str, policy: Policy, eval_config: EvalConfig, *, che
     )
 
 
-def evaluate(paths: RunPaths, eval_config: EvalConfig, *, device: str = "cpu", fast: bool = True,
+def evaluate(paths: RunPaths, eval_config: EvalConfig, runtime: Runtime, *, device: str = "cpu",
              progress: bool = True) -> EvalResult:
-    """Load the checkpoint at ``paths``, evaluate it and write the eval JSON atomically."""
-    from fetchrl.pipeline.checkpoints import load_model
-
-    model = load_model(paths, device=device)
-    result = evaluate_policy(paths.env_id, SB3Policy(model, eval_config.deterministic), eval_config,
-                             checkpoint=str(paths.checkpoint), device=str(model.device), fast=fast, progress=progress)
+    """Load the checkpoint at ``paths``, evaluate it on ``runtime``'s env and write the eval JSON atomically."""
+    model = load_model(paths, runtime, device=device)
+    result = evaluate_policy(runtime, SB3Policy(model, eval_config.deterministic), eval_config,
+                             checkpoint=str(paths.checkpoint), device=str(model.device), progress=progress)
     result.to_json(paths.eval_json)
     return result
 
 
-def baseline_results(env_id: str, eval_config: EvalConfig, *, fast: bool = True) -> list[EvalResult]:
+def baseline_results(runtime: Runtime, eval_config: EvalConfig) -> list[EvalResult]:
     """Random and zero-action policies on the same episode seeds (the report's reference rows)."""
-    probe = envs.make_env(env_id)
+    probe = envs.make_env(runtime)
     act_dim = int(probe.action_space.shape[0])
     probe.close()
-    return [evaluate_policy(env_id, p, eval_config, fast=fast) for p in (RandomPolicy(act_dim), ZeroPolicy(act_dim))]
+    return [evaluate_policy(runtime, p, eval_config) for p in (RandomPolicy(act_dim), ZeroPolicy(act_dim))]

@@ -20,15 +20,16 @@ does a resumed run replay exactly what the uninterrupted run does. :class:`Rollo
 the latest boundary in memory (a few milliseconds per rollout), so Ctrl-C stops at the very next
 step and saves that boundary; the partial rollout is lost and redone on resume.
 
-Environment state is captured from (first match wins):
+Environment state is captured from:
 
 1. a VecEnv with ``get_state()`` / ``set_state(state)`` methods (opaque, picklable state), such as
-   :class:`fetchrl.vecenv.process.ProcessVecEnv` (the default, fast path);
-2. a VecEnv whose envs answer ``env_method("get_resume_state")`` / ``("set_resume_state", s)``;
-3. SB3's ``DummyVecEnv`` of ``Monitor(TimeLimit(...(MuJoCo env)))`` — walked here, wrapper by wrapper.
+   :class:`fetchrl.vecenv.process.ProcessVecEnv` (the fast path);
+2. SB3's ``DummyVecEnv`` of ``Monitor(TimeLimit(...(MuJoCo env)))`` (the reference path) — walked here,
+   wrapper by wrapper.
 
-Any other VecEnv yields ``envs=None``: resume then resets the environments (what SB3 and rl-zoo3
-do) and is not bit-exact; :func:`restore_vec_env` says so.
+Either way each env's own state is :func:`fetchrl.tasks.envstate.get_env_state`'s, the one pair of
+functions that reads and writes it. Any other VecEnv yields ``envs=None``: resume then resets the
+environments (what SB3 and rl-zoo3 do) and is not bit-exact; :func:`restore_vec_env` says so.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 from fetchrl.errors import FetchRLError
+from fetchrl.tasks.envstate import NotCapturable, get_env_state, set_env_state
 
 #: Bumped when the layout of :class:`ResumeState` changes; older states are refused by name.
 STATE_FORMAT = 1
@@ -68,7 +70,7 @@ class ResumeState:
     sb3: dict[str, Any]
     logger: dict[str, Any]
     envs: dict[str, Any] | None
-    """``{"kind": "vec" | "env_method" | "wrappers", "n_envs": n, "data": ...}``; None when not capturable."""
+    """``{"kind": "vec" | "wrappers", "n_envs": n, "data": ...}``; None when not capturable."""
     format: int = STATE_FORMAT
 
     @property
@@ -147,10 +149,6 @@ def restore_logger(logger: Any, pending: dict[str, Any]) -> None:
 
 
 # ============================================================================ one environment
-class NotCapturable(Exception):
-    """The env holds state this module does not know how to save (an unknown wrapper or simulator)."""
-
-
 def _layers(env: Any) -> list[Any]:
     import gymnasium as gym
 
@@ -175,16 +173,13 @@ def _wrapper_role(layer: Any) -> str:
 
 
 def capture_env(env: Any) -> dict[str, Any]:
-    """State of one Gymnasium MuJoCo env and its Monitor / TimeLimit wrappers (copies, picklable).
+    """State of one wrapped Gymnasium MuJoCo env: :func:`~fetchrl.tasks.envstate.get_env_state`'s, plus
+    its Monitor / TimeLimit counters (copies, picklable).
 
     Raises NotCapturable for a wrapper or simulator it does not know.
     """
-    import mujoco
-
-    layers = _layers(env)
-    base = layers[-1]
     state: dict[str, Any] = {}
-    for layer in layers[:-1]:
+    for layer in _layers(env)[:-1]:
         role = _wrapper_role(layer)
         if role == "monitor":
             state["monitor"] = {k: copy.deepcopy(getattr(layer, k)) for k in (
@@ -192,41 +187,22 @@ def capture_env(env: Any) -> dict[str, Any]:
                 "total_steps", "current_reset_info")}
         elif role == "time_limit":
             state["time_limit"] = int(layer._elapsed_steps or 0)
-    if not isinstance(getattr(base, "data", None), mujoco.MjData):
-        raise NotCapturable(f"{type(base).__name__} is not a MuJoCo env")
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    sim = np.empty(mujoco.mj_stateSize(base.model, spec), dtype=np.float64)
-    mujoco.mj_getState(base.model, base.data, sim, spec)
-    state["sim"] = sim
-    state["goal"] = None if getattr(base, "goal", None) is None else np.array(base.goal, copy=True)
-    state["np_random"] = copy.deepcopy(base.np_random.bit_generator.state)
-    state["action_space_rng"] = copy.deepcopy(env.action_space.np_random.bit_generator.state)
-    return state
+    return {**state, **get_env_state(env)}
 
 
 def restore_env(env: Any, state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_env` on a freshly *reset* env of the same id and wrappers."""
-    import mujoco
+    """Inverse of :func:`capture_env` on a freshly *reset* env of the same id and wrappers.
 
-    layers = _layers(env)
-    base = layers[-1]
-    for layer in layers[:-1]:
+    Raises ValueError when the saved simulator state does not fit this env's model.
+    """
+    for layer in _layers(env)[:-1]:
         role = _wrapper_role(layer)
         if role == "monitor":
             for k, v in state["monitor"].items():
                 setattr(layer, k, copy.deepcopy(v))
         elif role == "time_limit":
             layer._elapsed_steps = state["time_limit"]
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    sim = np.asarray(state["sim"], dtype=np.float64)
-    if sim.size != mujoco.mj_stateSize(base.model, spec):
-        raise FetchRLError("saved simulator state does not fit this model (another env or mujoco version)")
-    mujoco.mj_setState(base.model, base.data, sim, spec)
-    mujoco.mj_forward(base.model, base.data)  # derived quantities (xpos, site frames) the next step reads
-    if state["goal"] is not None:
-        base.goal = np.array(state["goal"], copy=True)
-    base.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
-    env.action_space.np_random.bit_generator.state = copy.deepcopy(state["action_space_rng"])
+    set_env_state(env, state)
 
 
 # ============================================================================ vector envs
@@ -235,11 +211,6 @@ def _vec_kind(vec: Any) -> str | None:
 
     if callable(getattr(vec, "get_state", None)) and callable(getattr(vec, "set_state", None)):
         return "vec"
-    try:
-        if vec.has_attr("get_resume_state") and vec.has_attr("set_resume_state"):
-            return "env_method"
-    except Exception:  # a VecEnv without has_attr, or one that cannot answer: try the next way
-        pass
     if isinstance(vec, DummyVecEnv):
         return "wrappers"
     return None
@@ -250,8 +221,6 @@ def capture_vec_env(vec: Any) -> dict[str, Any] | None:
     kind = _vec_kind(vec)
     if kind == "vec":
         data: Any = vec.get_state()
-    elif kind == "env_method":
-        data = vec.env_method("get_resume_state")
     elif kind == "wrappers":
         try:
             data = [capture_env(e) for e in vec.envs]
@@ -265,7 +234,8 @@ def capture_vec_env(vec: Any) -> dict[str, Any] | None:
 def restore_vec_env(vec: Any, saved: dict[str, Any] | None) -> str | None:
     """Restore ``vec`` from :func:`capture_vec_env`'s result; returns None or why it could not.
 
-    The caller loads the model with ``force_reset=False`` only when this returns None.
+    The caller loads the model with ``force_reset=False`` only when this returns None. Raises
+    FetchRLError when a saved simulator state does not fit this run's model (another mujoco version).
     """
     if saved is None:
         return "the checkpoint holds no environment state (its VecEnv could not be captured)"
@@ -273,19 +243,17 @@ def restore_vec_env(vec: Any, saved: dict[str, Any] | None) -> str | None:
     if kind != saved["kind"] or int(vec.num_envs) != saved["n_envs"]:
         return (f"the checkpoint's environments ({saved['kind']}, {saved['n_envs']} envs) differ from this run's "
                 f"({kind}, {vec.num_envs} envs)")
-    if kind == "vec":
-        vec.set_state(saved["data"])
-        return None
-    vec.reset()  # wrappers that refuse to step before a reset (OrderEnforcing) now accept the restored state
-    if kind == "env_method":
-        for i, s in enumerate(saved["data"]):
-            vec.env_method("set_resume_state", s, indices=[i])
-    else:
-        try:
-            for e, s in zip(vec.envs, saved["data"], strict=True):
-                restore_env(e, s)
-        except NotCapturable as err:
-            return f"this run's environments cannot take the saved state ({err})"
+    try:
+        if kind == "vec":
+            vec.set_state(saved["data"])
+            return None
+        vec.reset()  # wrappers that refuse to step before a reset (OrderEnforcing) now accept the restored state
+        for e, s in zip(vec.envs, saved["data"], strict=True):
+            restore_env(e, s)
+    except NotCapturable as err:
+        return f"this run's environments cannot take the saved state ({err})"
+    except ValueError as err:  # raised here or, for the process VecEnv, in its worker and re-raised here
+        raise FetchRLError(f"cannot restore the saved environments: {err}") from None
     return None
 
 

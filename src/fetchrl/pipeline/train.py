@@ -11,10 +11,15 @@ Reliability (issue 7):
   :class:`TrainingInterrupted` then carries exit code 130 / 143 and the command that resumes. A
   second signal exits at once; every write is atomic, so nothing on disk is half-written.
 - **Resume.** ``resume=True`` continues the seed's checkpoint to ``config.total_steps`` with
-  ``reset_num_timesteps=False``, restoring RNG, simulator, SB3 and logger state: on the reference
-  env path the result equals the uninterrupted run bit for bit (policy and optimiser state_dicts).
+  ``reset_num_timesteps=False``, restoring RNG, simulator, SB3 and logger state: the result equals
+  the uninterrupted run bit for bit (policy and optimiser state_dicts), on either env path. The
+  checkpoint is read once (:func:`~fetchrl.pipeline.checkpoints.plan_resume`), before anything is
+  built, and that one :class:`~fetchrl.pipeline.checkpoints.ResumePlan` is passed down.
 - **Periodic checkpoints.** ``checkpoint_every=N`` writes the boundary snapshot whenever N steps
   passed since the last one, so ``kill -9`` loses at most N steps (plus the rollout in progress).
+
+The env path, the algorithm's class and torch's thread count come from one
+:class:`~fetchrl.runtime.Runtime` (:func:`fetchrl.pipeline.setup.runtime_for`), decided once per run.
 """
 
 from __future__ import annotations
@@ -30,12 +35,33 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import torch
+from stable_baselines3.common.logger import configure
+
 from fetchrl import portable
 from fetchrl.artifacts import RunPaths, TrainMeta, collect_versions, now_iso
 from fetchrl.config import ALGO, HYPERPARAMETER_NAMES, TrainConfig
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline.callbacks import ProgressCallback, StopFlagCallback, UpdateLogCallback
-from fetchrl.pipeline.resume import ResumeState, Snapshot
+from fetchrl.pipeline.checkpoints import (
+    Checkpoint,
+    ResumePlan,
+    plan_resume,
+    resume_model,
+    resume_problems,
+    write_checkpoint,
+)
+from fetchrl.pipeline.resume import (
+    ResumeState,
+    RolloutSnapshots,
+    Snapshot,
+    after_existing_event_files,
+    restore_logger,
+    restore_rng,
+    truncate_event_files,
+)
+from fetchrl.pipeline.setup import new_model, runtime_for, torch_threads
+from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
 #: Exit codes of a process stopped by a signal (128 + signal number), as shells report them.
@@ -82,8 +108,6 @@ class StopRequest:
 @contextlib.contextmanager
 def _torch_determinism(config: TrainConfig) -> Iterator[None]:
     """``--deterministic``: deterministic torch kernels while this run trains (restored afterwards)."""
-    import torch
-
     before = torch.are_deterministic_algorithms_enabled()
     if config.deterministic_torch:
         if config.device != "cpu":  # cuBLAS needs a fixed workspace to be deterministic (set before CUDA starts)
@@ -93,54 +117,6 @@ def _torch_determinism(config: TrainConfig) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
-
-
-def fast_path(config: TrainConfig) -> bool:
-    """True when this run trains on fetchrl's fast path (fast env, process-parallel VecEnv, FastPPO)."""
-    return config.fast_env and envs.fast_env_available(config.env_id)
-
-
-def model_class(config: TrainConfig) -> Any:
-    """``fetchrl.algos.fastppo.FastPPO`` on the fast path (SB3's PPO, same numbers, less Python per step);
-    SB3's ``PPO`` itself with ``--reference-env``, so that path stays plain SB3."""
-    if fast_path(config):
-        from fetchrl.algos.fastppo import FastPPO
-
-        return FastPPO
-    from stable_baselines3 import PPO
-
-    return PPO
-
-
-@contextlib.contextmanager
-def _torch_threads(config: TrainConfig) -> Iterator[None]:
-    """On the fast path torch gets one thread (restored afterwards): the envs need the cores.
-
-    The policy is a 64-64 MLP on minibatches of 256: a second intra-op thread does not make the
-    update faster here, while it competes with the env worker process during rollouts. The reference
-    path keeps torch's default, so ``--reference-env`` stays plain SB3.
-    """
-    if not fast_path(config):
-        yield
-        return
-    from fetchrl.vecenv import process as fastenv
-
-    before = fastenv.configure_torch_threads()
-    try:
-        yield
-    finally:
-        fastenv.configure_torch_threads(before)
-
-
-def _new_model(config: TrainConfig, env: Any) -> Any:
-    return model_class(config)(
-        config.policy,
-        env,
-        seed=config.seed,
-        device=config.device,
-        verbose=0,
-        **config.ppo_kwargs(),
-    )
 
 
 def _prepare_dirs(paths: RunPaths, *, fresh_logs: bool) -> None:
@@ -211,7 +187,7 @@ def _warn(message: str) -> None:
 
 
 def train(config: TrainConfig, paths: RunPaths, *, progress: bool = True, resume: bool = False,
-          force: bool = False, checkpoint_every: int = 0) -> TrainMeta:
+          force: bool = False, checkpoint_every: int = 0, runtime: Runtime | None = None) -> TrainMeta:
     """Train (or resume) one run and write its checkpoint, meta JSON and TensorBoard logs.
 
     Args:
@@ -219,6 +195,8 @@ def train(config: TrainConfig, paths: RunPaths, *, progress: bool = True, resume
             hyper-parameters or library versions differ, unless ``force``).
         checkpoint_every: also write a checkpoint at the first rollout boundary after every this
             many steps (0: only at the end or on interrupt).
+        runtime: the run's env path and threads, when the caller decided it already (for the same
+            ``config.env_id``); default :func:`~fetchrl.pipeline.setup.runtime_for` ``(config)``.
 
     Returns the meta written. Raises TrainingInterrupted (exit 130/143) after saving the last
     rollout boundary as an incomplete checkpoint when SIGINT/SIGTERM arrives.
@@ -226,17 +204,47 @@ def train(config: TrainConfig, paths: RunPaths, *, progress: bool = True, resume
     if checkpoint_every < 0:
         raise FetchRLError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     envs.validate_env_id(config.env_id)
-    if resume:
-        from fetchrl.pipeline.checkpoints import check_resumable
+    plan = plan_resume(config, paths, force=force) if resume else None  # refuse before building anything
+    return _run(config, paths, runtime or runtime_for(config), plan, progress=progress,
+                checkpoint_every=checkpoint_every)
 
-        check_resumable(config, paths, force=force)  # refuse before building anything
+
+def train_or_resume(config: TrainConfig, paths: RunPaths, *, progress: bool = False, checkpoint_every: int = 0,
+                    runtime: Runtime | None = None) -> TrainMeta:
+    """What a rerun sweep wants for one trial: never redo finished or interrupted work.
+
+    - the seed's checkpoint is a complete run of exactly ``config``: returned as is, nothing trains;
+    - it is an unfinished run of ``config`` (same env id, hyper-parameters and versions): resumed,
+      bit-exact;
+    - anything else (none, corrupt, another configuration): trained from scratch, replacing it.
+    """
+    envs.validate_env_id(config.env_id)
+    try:
+        checkpoint = Checkpoint.read(paths) if paths.checkpoint.is_file() else None
+    except FetchRLError:  # damaged: trained afresh
+        checkpoint = None
+    meta = checkpoint.meta if checkpoint is not None else None
+    plan = None
+    if checkpoint is not None and meta is not None and not resume_problems(meta, config):
+        if meta.complete and meta.total_steps == config.total_steps and meta.num_timesteps >= config.total_steps:
+            return meta
+        if not meta.complete and meta.num_timesteps < config.total_steps:
+            plan = plan_resume(config, paths, checkpoint=checkpoint)
+    return _run(config, paths, runtime or runtime_for(config), plan, progress=progress,
+                checkpoint_every=checkpoint_every)
+
+
+def _run(config: TrainConfig, paths: RunPaths, runtime: Runtime, plan: ResumePlan | None, *, progress: bool,
+         checkpoint_every: int) -> TrainMeta:
+    """Train from scratch (``plan`` None) or continue ``plan``'s checkpoint, on ``runtime``."""
+    if runtime.env_id != config.env_id:
+        raise ValueError(f"runtime for {runtime.env_id} given for a run of {config.env_id}")
     portable.require(config.portable)  # a library caller that loaded torch with other kernels is refused here
-    _prepare_dirs(paths, fresh_logs=not resume)
+    _prepare_dirs(paths, fresh_logs=plan is None)
     stop = StopRequest().install()  # early: a signal during set-up stops at the first step
     try:
-        with _torch_determinism(config), _torch_threads(config):
-            return _train(config, paths, stop, progress=progress, resume=resume, force=force,
-                          checkpoint_every=checkpoint_every)
+        with _torch_determinism(config), torch_threads(runtime):
+            return _learn(config, paths, runtime, plan, stop, progress=progress, checkpoint_every=checkpoint_every)
     finally:
         stop.uninstall()
 
@@ -251,51 +259,53 @@ class _CheckpointWriter:
 
     def __call__(self, snapshot: Snapshot, complete: bool = False,
                  reason: str = "in progress (periodic checkpoint)") -> TrainMeta:
-        from fetchrl.pipeline.checkpoints import write_checkpoint
-
         meta = _meta(self.config, self.paths, self.model, snapshot, complete=complete, stop_reason=reason)
         write_checkpoint(self.paths, snapshot, meta)
         return meta
 
 
-def _model_for(config: TrainConfig, paths: RunPaths, env: Any, *, resume: bool,
-               force: bool) -> tuple[Any, ResumeState | None, float]:
-    """A new model, or the checkpoint's with env state restored: (model, resume state, prior wall time)."""
-    if not resume:
-        return _new_model(config, env), None, 0.0
-    from fetchrl.pipeline.checkpoints import load_for_resume
-    from fetchrl.pipeline.resume import after_existing_event_files, truncate_event_files
+@dataclass(frozen=True)
+class _Start:
+    """Where a run starts: its model (on the run's VecEnv) and, when resuming, what else to restore."""
 
-    resumed = load_for_resume(config, paths, env, force=force, model_class=model_class(config))
+    model: Any
+    state: ResumeState | None
+    """The resume state whose logger and RNG states are restored right before ``learn`` (None: fresh)."""
+    wall_time_s: float
+    """Training wall time of the runs this one continues."""
+
+
+def _start(config: TrainConfig, paths: RunPaths, runtime: Runtime, plan: ResumePlan | None, env: Any) -> _Start:
+    """A new model, or ``plan``'s checkpoint with ``env``'s state restored."""
+    if plan is None:
+        return _Start(new_model(config, runtime, env), None, 0.0)
+    resumed = resume_model(plan, config, runtime, env)
     if resumed.inexact:
         _warn(f"resuming {paths.checkpoint} from step {resumed.model.num_timesteps}, not bit-exact: "
               f"{resumed.inexact}")
     truncate_event_files(paths.tb_dir, resumed.model.num_timesteps)
     after_existing_event_files(paths.tb_dir)
-    return resumed.model, resumed.state, resumed.meta.wall_time_s
+    return _Start(resumed.model, resumed.state, plan.meta.wall_time_s)
 
 
-def _train(config: TrainConfig, paths: RunPaths, stop: StopRequest, *, progress: bool, resume: bool, force: bool,
-           checkpoint_every: int) -> TrainMeta:
-    from stable_baselines3.common.logger import configure
-
-    from fetchrl.pipeline.resume import RolloutSnapshots, restore_logger, restore_rng
-
-    env = envs.make_vec_env(config.env_id, config.n_envs, seed=config.seed, fast=config.fast_env)
+def _learn(config: TrainConfig, paths: RunPaths, runtime: Runtime, plan: ResumePlan | None, stop: StopRequest, *,
+           progress: bool, checkpoint_every: int) -> TrainMeta:
+    env = envs.make_vec_env(runtime, config.n_envs, seed=config.seed)
     try:
-        model, state, prior_wall = _model_for(config, paths, env, resume=resume, force=force)
+        start = _start(config, paths, runtime, plan, env)
+        model = start.model
         model.set_logger(configure(str(paths.tb_dir), ["tensorboard"]))
         write = _CheckpointWriter(config, paths, model)
-        snapshots = RolloutSnapshots(write, every=checkpoint_every, wall_offset=prior_wall)
+        snapshots = RolloutSnapshots(write, every=checkpoint_every, wall_offset=start.wall_time_s)
         callbacks = [UpdateLogCallback(), snapshots, StopFlagCallback(stop),  # UpdateLog first: see its doc
                      ProgressCallback(config.steps_in_whole_rollouts, f"train seed {config.seed}", start=model.num_timesteps,
                                       disable=not progress)]
-        if state is not None:  # last, right before learn: nothing else may draw from the generators
-            restore_logger(model.logger, state.logger)
-            restore_rng(state.rng)
+        if start.state is not None:  # last, right before learn: nothing else may draw from the generators
+            restore_logger(model.logger, start.state.logger)
+            restore_rng(start.state.rng)
         try:
             model.learn(config.total_steps - model.num_timesteps, callback=callbacks,
-                        reset_num_timesteps=not resume, progress_bar=False)
+                        reset_num_timesteps=plan is None, progress_bar=False)
         finally:
             model.logger.close()
         if stop.signum is not None and snapshots.in_rollout and snapshots.latest is not None:
@@ -322,29 +332,3 @@ def _interrupted(config: TrainConfig, paths: RunPaths, signum: int, snapshot: Sn
         f"resume with: {resume_command(config, paths)}",
         exit_code=SIGNAL_EXIT_CODES[signal.Signals(signum)],
     )
-
-
-def train_or_resume(config: TrainConfig, paths: RunPaths, *, progress: bool = False,
-                    checkpoint_every: int = 0) -> TrainMeta:
-    """What a rerun sweep wants for one trial: never redo finished or interrupted work.
-
-    - the seed's checkpoint is a complete run of exactly ``config``: returned as is, nothing trains;
-    - it is an unfinished run of ``config`` (same env id, hyper-parameters and versions): resumed,
-      bit-exact on the reference env path;
-    - anything else (none, corrupt, another configuration): trained from scratch, replacing it.
-    """
-    from fetchrl.pipeline.checkpoints import checkpoint_meta, require_zip, resume_problems
-
-    meta = None
-    if paths.checkpoint.is_file():
-        try:
-            require_zip(paths.checkpoint, paths.seed)
-            meta = checkpoint_meta(paths)
-        except FetchRLError:
-            meta = None
-    if meta is not None and not resume_problems(meta, config):
-        if meta.complete and meta.total_steps == config.total_steps and meta.num_timesteps >= config.total_steps:
-            return meta
-        if not meta.complete and meta.num_timesteps < config.total_steps:
-            return train(config, paths, progress=progress, resume=True, checkpoint_every=checkpoint_every)
-    return train(config, paths, progress=progress, checkpoint_every=checkpoint_every)

@@ -94,10 +94,12 @@ def run_trial(trial: Trial, progress: bool = False) -> None:
     # Imported here, not at the top: only workers train, and the driver (and `sweep --grid` parsing)
     # should not pay for loading torch and SB3.
     from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.pipeline.setup import runtime_for
     from fetchrl.pipeline.train import train_or_resume
 
-    train_or_resume(trial.config, trial.paths, progress=progress)
-    evaluate(trial.paths, trial.eval_config, device=trial.config.device, fast=trial.config.fast_env, progress=False)
+    runtime = runtime_for(trial.config)  # one env path for the trial's training and evaluation
+    train_or_resume(trial.config, trial.paths, progress=progress, runtime=runtime)
+    evaluate(trial.paths, trial.eval_config, runtime, device=trial.config.device, progress=False)
 
 
 def worker_init(torch_threads: int) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
 EXPECTED_OBS_SHAPES = {"observation": (10,), "achieved_goal": (3,), "desired_goal": (3,)}
@@ -19,9 +20,10 @@ class Check:
     detail: str
 
 
-def run_checks(env_id: str, *, n_steps: int = 100, seed: int = 0, fast: bool = True) -> list[Check]:
-    """Observation keys/shapes, action shape and bounds, and rewards of random steps in [-1, 0]."""
-    env = envs.make_env(env_id, fast=fast)
+def run_checks(runtime: Runtime, *, n_steps: int = 100, seed: int = 0) -> list[Check]:
+    """Observation keys/shapes, action shape and bounds, and rewards of random steps in [-1, 0],
+    on the env ``runtime`` trains and evaluates with."""
+    env = envs.make_env(runtime)
     try:
         obs, _ = env.reset(seed=seed)
         env.action_space.seed(seed)

@@ -4,6 +4,9 @@ Fetch tasks never terminate: every episode is *truncated* by the TimeLimit wrapp
 Anything that bootstraps values (GAE) must therefore treat episode ends as truncations, and the
 final distance of an episode must be read from its terminal observation, not from the reset
 observation a vector env returns in its place.
+
+Which implementation a call builds (fetchrl's fast env or Gymnasium-Robotics' own) is not decided
+here: every factory takes the :class:`~fetchrl.runtime.Runtime` the caller was given.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import warnings
 from typing import Any
 
 from fetchrl.errors import FetchRLError
+from fetchrl.runtime import Runtime
 
 #: gymnasium-robotics releases that break with mujoco >= 3.12 (AssertionError in set_joint_qpos).
 _BROKEN_WITH_NEW_MUJOCO = ("1.4.0", "1.4.1", "1.4.2")
@@ -126,50 +130,46 @@ def validate_env_id(env_id: str) -> None:
     raise FetchRLError(f"unknown env id {env_id!r}{hint}")
 
 
-def fast_env_available(env_id: str) -> bool:
-    """True when fetchrl ships a bit-compatible fast implementation of ``env_id``."""
-    from fetchrl.vecenv import process as fastenv
-
-    return env_id in fastenv.FAST_ENV_IDS
-
-
-def make_env(env_id: str, *, render_mode: str | None = None, fast: bool = False, **kwargs: Any) -> Any:
-    """Create one Gymnasium env (with its TimeLimit of 50 steps for Fetch).
+def make_env(runtime: Runtime, *, render_mode: str | None = None, **kwargs: Any) -> Any:
+    """Create one Gymnasium env of ``runtime.env_id`` on ``runtime``'s path (TimeLimit of 50 steps for Fetch).
 
     Args:
-        env_id: a registered Gymnasium id.
+        runtime: the task and its path: fetchrl's fast env, or Gymnasium-Robotics' own (same numbers).
         render_mode: ``"rgb_array"`` for offscreen frames (sets MUJOCO_GL=egl when headless).
-        fast: use fetchrl's fast step when one exists for ``env_id`` (identical numbers).
+        kwargs: passed to the env's constructor (e.g. ``width``, ``height``).
     """
     import gymnasium as gym
 
-    validate_env_id(env_id)
+    validate_env_id(runtime.env_id)
     if render_mode is not None:
         ensure_render_backend()
-    if fast and fast_env_available(env_id):
-        from fetchrl.vecenv import process as fastenv
+    if runtime.fast:
+        # imported here: it imports MuJoCo, whose GL backend must be chosen first (ensure_render_backend)
+        from fetchrl.tasks import fetchreach
 
-        return fastenv.make(env_id, render_mode=render_mode, **kwargs)
+        return fetchreach.make(runtime.env_id, render_mode=render_mode, **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return gym.make(env_id, render_mode=render_mode, **kwargs)
+        return gym.make(runtime.env_id, render_mode=render_mode, **kwargs)
 
 
-def make_vec_env(env_id: str, n_envs: int, *, seed: int, fast: bool = False) -> Any:
-    """SB3 VecEnv of ``n_envs`` Monitor-wrapped envs seeded ``seed .. seed + n_envs - 1``.
+def make_vec_env(runtime: Runtime, n_envs: int, *, seed: int) -> Any:
+    """SB3 VecEnv of ``n_envs`` envs seeded ``seed .. seed + n_envs - 1``, with Monitor's ``episode`` infos.
 
-    With ``fast=True`` and a fast implementation available, the vector env steps the simulators
-    in parallel threads (MuJoCo releases the GIL); numbers are identical to the sequential one.
+    On the fast path: :class:`fetchrl.vecenv.process.ProcessVecEnv`, stepping the envs in
+    ``runtime.env_procs`` processes; otherwise SB3's ``DummyVecEnv`` of ``Monitor(gym.make(id))``.
+    Both return the same numbers for the same seed.
     """
+    # SB3 (and torch with it) is imported here, not at the top: the CLI reads this module before any work.
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    validate_env_id(env_id)
-    if fast and fast_env_available(env_id):
-        from fetchrl.vecenv import process as fastenv
+    validate_env_id(runtime.env_id)
+    if runtime.fast:
+        from fetchrl.vecenv.process import ProcessVecEnv
 
-        return fastenv.make_vec_env(env_id, n_envs, seed=seed)
-    return sb3_make_vec_env(lambda: make_env(env_id), n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+        return ProcessVecEnv(runtime.env_id, n_envs, seed=seed, n_procs=runtime.env_procs)
+    return sb3_make_vec_env(lambda: make_env(runtime), n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
 
 
 def goal_distance(obs: dict[str, Any]) -> float:

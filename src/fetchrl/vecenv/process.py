@@ -1,18 +1,13 @@
-"""Fast, bit-compatible FetchReach for SB3: the lean env behind gym's wrappers, and a vector env
-that steps its envs in two processes.
+"""fetchrl's process-parallel VecEnv: SB3's ``VecEnv`` API over envs stepped in two processes.
 
-- :func:`make` — :class:`fetchrl.tasks.fetchreach.FastFetchReachEnv` (cached addresses, the stock
-  arithmetic) behind ``gym.make``'s usual wrappers.
-- :class:`ProcessVecEnv` — an SB3 ``VecEnv`` stepping half its envs in this process and half in a
-  worker process, in lockstep through shared memory. ``step_async`` returns at once, so the caller
-  can work while the physics runs (:class:`fetchrl.algos.fastppo.FastPPO` does). It folds in the
-  bookkeeping of ``TimeLimit`` (Fetch never terminates; every episode is *truncated* at 50 steps)
-  and SB3's ``Monitor`` (``info["episode"]``), and returns exactly what
-  ``DummyVecEnv(Monitor(gym.make(id)))`` returns for the same seed: observations, float32
-  rewards, dones, ``TimeLimit.truncated``, ``terminal_observation`` and ``is_success``.
-
-Both are proven equal to the stock path by ``tests/test_fastenv.py``. ``fetchrl.tasks.envs`` calls
-:func:`make` and :func:`make_vec_env` for ids in :data:`FAST_ENV_IDS`.
+:class:`ProcessVecEnv` steps half its envs in this process and half in a worker process
+(:func:`fetchrl.vecenv.worker.serve`), in lockstep through shared memory. ``step_async`` returns at
+once, so the caller can work while the physics runs (:class:`fetchrl.algos.fastppo.FastPPO` does). It
+folds in the bookkeeping of ``TimeLimit`` (Fetch never terminates; every episode is *truncated* at 50
+steps) and SB3's ``Monitor`` (``info["episode"]``), and returns exactly what
+``DummyVecEnv(Monitor(gym.make(id)))`` returns for the same seed: observations, float32 rewards,
+dones, ``TimeLimit.truncated``, ``terminal_observation`` and ``is_success``
+(``tests/test_fastenv.py``). :func:`fetchrl.tasks.envs.make_vec_env` builds it on the fast path.
 """
 
 from __future__ import annotations
@@ -31,58 +26,9 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
-from fetchrl.config import ENV_THREADS_VAR
-from fetchrl.tasks.fetchreach import (
-    CALL,
-    CLOSE,
-    FAST_ENV_IDS,
-    MAX_EPISODE_STEPS,
-    REWARD_TYPES,
-    STEP,
-    EnvRows,
-    FastFetchReachEnv,
-    RowLayout,
-    WorkerSpec,
-    build_envs,
-    check_id,
-    make_raw,
-    serve,
-    wait,
-)
-
-__all__ = ["FAST_ENV_IDS", "MAX_EPISODE_STEPS", "FastFetchReachEnv", "ProcessVecEnv", "configure_torch_threads",
-           "make", "make_raw", "make_vec_env"]
-
-_FAST_PREFIX = "fetchrl/Fast"
-
-
-def _register(env_id: str) -> str:
-    """Register ``fetchrl/Fast<env_id>`` once (same kwargs and time limit as the stock id)."""
-    fast_id = _FAST_PREFIX + env_id
-    if fast_id not in gym.registry:
-        gym.register(
-            id=fast_id,
-            entry_point="fetchrl.tasks.fetchreach:FastFetchReachEnv",
-            kwargs={"reward_type": REWARD_TYPES[env_id]},
-            max_episode_steps=MAX_EPISODE_STEPS,
-        )
-    return fast_id
-
-
-def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    """The fast env behind gym.make's usual wrappers (TimeLimit(50), OrderEnforcing, env checker)."""
-    check_id(env_id)
-    return gym.make(_register(env_id), render_mode=render_mode, **kwargs)
-
-
-# ====================================================================== process-parallel VecEnv
-def default_n_procs() -> int:
-    """Two stepping processes on a machine with two or more cores (this one and a worker), or one
-    when a sweep worker's ``FETCHRL_ENV_THREADS`` share of the CPUs says so."""
-    share = os.environ.get(ENV_THREADS_VAR, "")
-    if share.isdigit() and int(share) > 0:
-        return min(2, int(share))
-    return max(1, min(2, os.cpu_count() or 1))
+from fetchrl.runtime import default_env_procs
+from fetchrl.tasks.fetchreach import MAX_EPISODE_STEPS, check_id
+from fetchrl.vecenv.worker import CALL, CLOSE, STEP, EnvRows, RowLayout, WorkerSpec, build_envs, serve, wait
 
 
 def _mp_daemon() -> bool:
@@ -125,7 +71,7 @@ class ProcessVecEnv(VecEnv):
     identical to ``DummyVecEnv(Monitor(gym.make(env_id)))``.
 
     Envs ``0 .. n_local - 1`` are stepped here, by whichever thread calls ``step_help`` or
-    ``step_wait``; the others by a worker process (:func:`fetchrl.tasks.fetchreach.serve`), in lockstep:
+    ``step_wait``; the others by a worker process (:func:`fetchrl.vecenv.worker.serve`), in lockstep:
     ``step_async`` writes the actions to shared memory and wakes the worker, which writes its rows
     of the results (observations, rewards, dones, the ``infos``' fields) to the same shared memory.
     A process, not a thread: MuJoCo releases the GIL inside ``mj_step``, but every Python line of an
@@ -138,10 +84,11 @@ class ProcessVecEnv(VecEnv):
     algorithms produce.
 
     Args:
-        env_id: a fast id (:data:`FAST_ENV_IDS`).
+        env_id: an id with a fast env (:data:`fetchrl.runtime.FAST_ENVS`).
         n_envs: number of envs; env ``i``'s action space is seeded with ``seed + i``, as SB3 does.
         seed: base seed (``VecEnv.seed(seed)`` is called: env ``i``'s first reset uses ``seed + i``).
-        n_procs: processes stepping envs, this one included (1: all here, no worker).
+        n_procs: processes stepping envs, this one included (1: all here, no worker; None:
+            :func:`fetchrl.runtime.default_env_procs`; a :class:`~fetchrl.runtime.Runtime` passes its ``env_procs``).
         render_mode: None or "rgb_array" (rendering envs stay in this process).
         max_episode_steps: truncation length (50 for every Fetch task).
     """
@@ -151,7 +98,7 @@ class ProcessVecEnv(VecEnv):
         check_id(env_id)
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-        n_procs = max(1, min(n_procs or default_n_procs(), n_envs))
+        n_procs = max(1, min(n_procs or default_env_procs(), n_envs))
         if render_mode is not None or _mp_daemon():
             n_procs = 1  # rendering envs stay here; a daemonic process may not have children
         self.num_envs = n_envs  # what _get_indices reads, before VecEnv.__init__ (which calls get_attr)
@@ -365,34 +312,8 @@ class ProcessVecEnv(VecEnv):
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         """True for Monitor and TimeLimit, whose behaviour this VecEnv provides itself; False for
-        anything else (:func:`fetchrl.tasks.fetchreach.build_envs` never wraps an env)."""
+        anything else (:func:`fetchrl.vecenv.worker.build_envs` never wraps an env)."""
         from gymnasium.wrappers import TimeLimit
         from stable_baselines3.common.monitor import Monitor
 
         return [wrapper_class in (Monitor, TimeLimit)] * len(list(self._get_indices(indices)))
-
-
-def make_vec_env(env_id: str, n_envs: int, *, seed: int, n_procs: int | None = None,
-                 render_mode: str | None = None) -> ProcessVecEnv:
-    """Fast counterpart of ``sb3.make_vec_env(env_id, n_envs, seed=seed)`` with DummyVecEnv.
-
-    Env ``i`` is reset with seed ``seed + i`` on the first ``reset()`` and its action space seeded
-    with ``seed + i``, exactly as SB3 does, so every number matches the sequential reference.
-    """
-    return ProcessVecEnv(env_id, n_envs, seed=seed, n_procs=n_procs, render_mode=render_mode)
-
-
-# ====================================================================== torch threads
-#: Torch intra-op threads for the fast path. The policy is a 64-64 MLP on minibatches of 256: a
-#: second thread buys nothing there, while the env processes need the cores — and on a shared
-#: machine OpenMP's spin-waiting makes 2 threads several times *slower* (bench/bench_speed.py).
-FAST_TORCH_THREADS = 1
-
-
-def configure_torch_threads(n_threads: int = FAST_TORCH_THREADS) -> int:
-    """Set torch's intra-op thread count for training on the fast path; returns the previous value."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    return previous

@@ -1,0 +1,53 @@
+"""What a run is set up with: its :class:`~fetchrl.runtime.Runtime`, its model class, its torch threads.
+
+The one place the pipeline turns a configuration into the things that run it. Training, resuming,
+evaluation, the video and the bench take the :class:`~fetchrl.runtime.Runtime` from here (or from
+the caller that already made it) and ask :func:`model_class` for the class; none of them names an
+env path, a class or a thread count itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from fetchrl.algos.ppo import PPO
+from fetchrl.config import TrainConfig
+from fetchrl.runtime import Runtime
+
+
+def runtime_for(config: TrainConfig) -> Runtime:
+    """The runtime of a run of ``config``: the fast path unless ``config.fast_env`` is False (``--reference-env``)."""
+    return Runtime.decide(config.env_id, reference_env=not config.fast_env)
+
+
+def model_class(runtime: Runtime) -> type[BaseAlgorithm]:
+    """The class that trains, resumes and loads models on ``runtime``: the algorithm's fast class on the
+    fast path (FastPPO: SB3's PPO, same numbers, less Python per step), SB3's own class on the
+    reference path, so that ``--reference-env`` stays plain SB3."""
+    return PPO.model_class(fast=runtime.fast)
+
+
+def new_model(config: TrainConfig, runtime: Runtime, env: Any) -> Any:
+    """A fresh model of :func:`model_class` with ``config``'s hyper-parameters, on ``env`` (``runtime``'s VecEnv)."""
+    return model_class(runtime)(config.policy, env, seed=config.seed, device=config.device, verbose=0,
+                                **config.ppo_kwargs())
+
+
+@contextlib.contextmanager
+def torch_threads(runtime: Runtime) -> Iterator[None]:
+    """``runtime.torch_threads`` intra-op threads inside the block (restored afterwards); the
+    reference path (None) keeps torch's default, so ``--reference-env`` stays plain SB3."""
+    if runtime.torch_threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(runtime.torch_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
