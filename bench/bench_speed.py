@@ -127,11 +127,11 @@ def _plain_model(seed: int, total_steps: int) -> Any:
 def _fetchrl_model(seed: int, total_steps: int) -> Any:
     """What fetchrl.pipeline.train.train builds: the runtime's VecEnv and a new model of its class."""
     from fetchrl.pipeline.setup import new_model, runtime_for
-    from fetchrl.tasks import envs
+    from fetchrl.vecenv import factory
 
     cfg = _config(seed, total_steps)
     runtime = runtime_for(cfg)
-    return new_model(cfg, runtime, envs.make_vec_env(runtime, cfg.n_envs, seed=seed))
+    return new_model(cfg, runtime, factory.make_vec_env(runtime, cfg.n_envs, seed=seed))
 
 
 def _eval_seconds(arm: str, model: Any) -> float:

@@ -21,6 +21,7 @@ import pytest
 
 from fetchrl.runtime import ENV_PROCS_VAR, FAST_TORCH_THREADS, LEGACY_ENV_PROCS_VAR, Runtime
 from fetchrl.tasks import envs, fetchreach
+from fetchrl.vecenv import factory
 from fetchrl.vecenv.process import ProcessVecEnv
 
 ATOL = 1e-6
@@ -369,7 +370,7 @@ def test_runtime_decides_the_env_path_and_the_factory_follows_it(monkeypatch: py
     assert (fast.fast, fast.torch_threads, fast.env_procs) == (True, FAST_TORCH_THREADS, min(2, os.cpu_count() or 1))
     assert (ref.fast, ref.torch_threads, ref.env_procs) == (False, None, 1)
     assert not Runtime.decide("FetchPush-v4").fast  # no fast env for it: plain SB3
-    vec_fast, vec_ref = envs.make_vec_env(fast, 2, seed=4), envs.make_vec_env(ref, 2, seed=4)
+    vec_fast, vec_ref = factory.make_vec_env(fast, 2, seed=4), factory.make_vec_env(ref, 2, seed=4)
     try:
         assert isinstance(vec_fast, ProcessVecEnv) and vec_fast.n_procs == fast.env_procs
         assert type(vec_ref).__name__ == "DummyVecEnv"
@@ -392,7 +393,7 @@ def test_env_process_cap_is_read_once_from_the_environment(var: str, monkeypatch
     runtime = Runtime.decide("FetchReachDense-v4")
     monkeypatch.setenv(var, "2")  # decided already: later changes do not reach this runtime's envs
     assert runtime.env_procs == 1
-    vec = envs.make_vec_env(runtime, 2, seed=0)
+    vec = factory.make_vec_env(runtime, 2, seed=0)
     try:
         assert vec.n_procs == 1 and vec.n_local == 2
     finally:

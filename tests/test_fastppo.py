@@ -22,6 +22,7 @@ from fetchrl.algos.fastppo import FastPPO, LeanPolicy
 from fetchrl.pipeline.setup import model_class
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
+from fetchrl.vecenv import factory
 
 ENV_ID = "FetchReachDense-v4"
 #: Small but complete: 8 envs, rollouts of 128 steps (each crosses two 50-step truncations),
@@ -48,7 +49,7 @@ def _stock_vec(n_envs: int, seed: int) -> Any:
 
 def _fast_vec(n_envs: int, seed: int) -> Any:
     """fetchrl's fast path: the process VecEnv, through the env factory."""
-    return envs.make_vec_env(Runtime.decide(ENV_ID), n_envs, seed=seed)
+    return factory.make_vec_env(Runtime.decide(ENV_ID), n_envs, seed=seed)
 
 
 class _Recorder(BaseCallback):

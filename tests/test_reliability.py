@@ -47,6 +47,7 @@ from fetchrl.pipeline.setup import runtime_for
 from fetchrl.pipeline.train import TrainingInterrupted, train, train_or_resume
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
+from fetchrl.vecenv import factory
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ch02_ppo_dense_reach.py"
@@ -273,7 +274,7 @@ def test_resume_is_bit_exact_on_the_fast_env_path(tmp_path: Path) -> None:
 
 def _vec_env(kind: str) -> Any:
     """``vec``: the fast path's process VecEnv; ``wrappers``: the reference path's DummyVecEnv."""
-    return envs.make_vec_env(Runtime.decide(SMALL.env_id, reference_env=kind == "wrappers"), 2, seed=3)
+    return factory.make_vec_env(Runtime.decide(SMALL.env_id, reference_env=kind == "wrappers"), 2, seed=3)
 
 
 @pytest.mark.parametrize("kind", ["wrappers", "vec"])
@@ -588,7 +589,7 @@ def test_a_checkpoint_of_another_task_is_refused(reference: RunPaths, tmp_path: 
     # 3. No metadata at all: the model's own spaces are compared after loading.
     from stable_baselines3 import PPO
 
-    push = envs.make_vec_env(Runtime.decide("FetchPush-v4"), 1, seed=0)
+    push = factory.make_vec_env(Runtime.decide("FetchPush-v4"), 1, seed=0)
     try:
         PPO("MultiInputPolicy", push, n_steps=64, batch_size=64, device="cpu").save(paths.checkpoint)
     finally:

@@ -205,20 +205,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline.commands import report
+    from fetchrl.workflows import report
 
     return report(_paths(args), _runtime(args))
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline.commands import run_all
+    from fetchrl.workflows import run_all
 
     return run_all(_train_config(args), _eval_config(args), _paths(args), progress=not args.no_progress,
                    video=not args.no_video, resume=args.resume)
 
 
 def cmd_multi_seed(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline.commands import multi_seed
+    from fetchrl.workflows import multi_seed
 
     return multi_seed(_train_config(args), _eval_config(args), list(range(args.seeds)), args.root,
                       backend=args.backend, workers=args.workers, ray_address=args.ray_address,
@@ -226,7 +226,7 @@ def cmd_multi_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline.commands import ablate
+    from fetchrl.workflows import ablate
 
     return ablate(_train_config(args), _eval_config(args), list(range(args.seeds)), args.clip_ranges, args.root,
                   backend=args.backend, workers=args.workers, ray_address=args.ray_address,
@@ -234,8 +234,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline.commands import sweep
     from fetchrl.sweep.plan import parse_grid
+    from fetchrl.workflows import sweep
 
     return sweep(args.name, _train_config(args), _eval_config(args), list(range(args.seeds)), parse_grid(args.grid),
                  args.root, backend=args.backend, workers=args.workers, ray_address=args.ray_address,
@@ -249,7 +249,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline.commands import plot
+    from fetchrl.workflows import plot
 
     return plot(_paths(args), seeds=args.seeds)
 

@@ -63,6 +63,7 @@ from fetchrl.pipeline.resume import (
 from fetchrl.pipeline.setup import new_model, runtime_for, torch_threads
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
+from fetchrl.vecenv.factory import make_vec_env
 
 #: Exit codes of a process stopped by a signal (128 + signal number), as shells report them.
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -290,7 +291,7 @@ def _start(config: TrainConfig, paths: RunPaths, runtime: Runtime, plan: ResumeP
 
 def _learn(config: TrainConfig, paths: RunPaths, runtime: Runtime, plan: ResumePlan | None, stop: StopRequest, *,
            progress: bool, checkpoint_every: int) -> TrainMeta:
-    env = envs.make_vec_env(runtime, config.n_envs, seed=config.seed)
+    env = make_vec_env(runtime, config.n_envs, seed=config.seed)
     try:
         start = _start(config, paths, runtime, plan, env)
         model = start.model

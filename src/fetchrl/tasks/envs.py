@@ -153,25 +153,6 @@ def make_env(runtime: Runtime, *, render_mode: str | None = None, **kwargs: Any)
         return gym.make(runtime.env_id, render_mode=render_mode, **kwargs)
 
 
-def make_vec_env(runtime: Runtime, n_envs: int, *, seed: int) -> Any:
-    """SB3 VecEnv of ``n_envs`` envs seeded ``seed .. seed + n_envs - 1``, with Monitor's ``episode`` infos.
-
-    On the fast path: :class:`fetchrl.vecenv.process.ProcessVecEnv`, stepping the envs in
-    ``runtime.env_procs`` processes; otherwise SB3's ``DummyVecEnv`` of ``Monitor(gym.make(id))``.
-    Both return the same numbers for the same seed.
-    """
-    # SB3 (and torch with it) is imported here, not at the top: the CLI reads this module before any work.
-    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    validate_env_id(runtime.env_id)
-    if runtime.fast:
-        from fetchrl.vecenv.process import ProcessVecEnv
-
-        return ProcessVecEnv(runtime.env_id, n_envs, seed=seed, n_procs=runtime.env_procs)
-    return sb3_make_vec_env(lambda: make_env(runtime), n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
-
-
 def goal_distance(obs: dict[str, Any]) -> float:
     """||achieved_goal - desired_goal|| in metres for one goal-conditioned observation ([3] arrays)."""
     import numpy as np
