@@ -63,10 +63,24 @@ class RunPaths:
     root: Path = Path(".")
     names: ArtifactNames = DEFAULT_NAMES
     """The chapter's names (default: chapter 2's)."""
+    interim: bool = False
+    """True for :attr:`partial`'s paths: a run in progress beside a finished one."""
 
     @property
     def _stem(self) -> str:
-        return f"{self.names.algo}_{self.env_id}_seed{self.seed}"
+        return f"{self.names.algo}_{self.env_id}_seed{self.seed}" + (".partial" if self.interim else "")
+
+    @property
+    def partial(self) -> RunPaths:
+        """Where a run that would replace or extend a finished one writes until it completes
+        (``….seedN.partial.zip``, ``….seedN.partial.meta.json``, ``runs/…/seedN.partial/``); only then is it
+        renamed onto this run's paths, so an interrupted run never touches the finished result."""
+        return dataclasses.replace(self, interim=True)
+
+    @property
+    def lock(self) -> Path:
+        """The per-run lock file (``checkpoints/.ppo_…_seedN.lock``, the holder's PID inside; gone when released)."""
+        return self.root / "checkpoints" / f".{self.names.algo}_{self.env_id}_seed{self.seed}.lock"
 
     @property
     def _result_stem(self) -> str:
@@ -111,7 +125,8 @@ class RunPaths:
     @property
     def tb_dir(self) -> Path:
         """TensorBoard run directory; exactly this path, no ``_1`` suffix."""
-        return self.root / "runs" / self.names.algo / self.env_id / f"seed{self.seed}"
+        leaf = f"seed{self.seed}" + (".partial" if self.interim else "")
+        return self.root / "runs" / self.names.algo / self.env_id / leaf
 
 
 def multi_seed_aggregate_path(root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
