@@ -609,6 +609,9 @@ def test_fetch_smoke_prints_criteria_and_logs_sb3_tags(tmp_path: Path) -> None:
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
     assert "learning_starts=1000" in result.stdout and "total=2000" in result.stdout
+    assert re.search(r"^   2000 \|\s+-\d+\.\d+ \|\s+\d\.\d\d \|", result.stdout, re.MULTILINE)  # a learning-curve row
+    first, last = map(float, re.search(r"ent_coef: first logged (\S+) -> last (\S+)", result.stdout).groups())
+    assert 0 < last <= first < 1  # 125 updates: the temperature fell from its initial 1
     for row in ("success rate", "return mean", "final distance mean (m)"):
         assert re.search(rf"{re.escape(row)}\s+\|\s+-?\d+\.\d+ \|\s+[<>]=? -?[\d.]+ \| (PASS|FAIL)", result.stdout)
     assert "evaluated 3 deterministic episodes (seeds 1000000+i)" in result.stdout
