@@ -2,7 +2,7 @@
 
 Arms (same random float32 actions, a reset every 50 steps, resets included in the time):
 - ``stock``: ``gym.make("FetchPush-v4")`` — Gymnasium-Robotics' env behind gym.make's wrappers;
-- ``fast``: ``fetchrl.tasks.fetchpush.make("FetchPush-v4")`` — the same wrappers around the lean env;
+- ``fast``: ``fetchrl.tasks.fast_envs.make("FetchPush-v4")`` — the same wrappers around the lean env;
 - ``stock-raw`` / ``fast-raw`` (``--raw``): the unwrapped envs, as a process VecEnv steps them.
 
 Rounds alternate between the arms so both see the same machine load; the machine is shared: read the
@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fetchrl.tasks import envs, fetchpush  # noqa: E402
+from fetchrl.tasks import fast as fast_envs
 
 EPISODE_STEPS = 50
 
@@ -49,7 +50,7 @@ def cpu_name() -> str:
 def build(arm: str, env_id: str) -> gym.Env:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        env = fetchpush.make(env_id) if arm.startswith("fast") else gym.make(env_id)
+        env = fast_envs.make(env_id) if arm.startswith("fast") else gym.make(env_id)
     return env.unwrapped if arm.endswith("-raw") else env
 
 

@@ -169,14 +169,14 @@ def job_breakdown(arm: str, seed: int, steps: int, torch_threads: int) -> dict[s
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from fetchrl.tasks import fetchreach
+    from fetchrl.tasks import fast as fast_envs
     from fetchrl.vecenv.process import ProcessVecEnv
 
     cfg = _config(seed, steps)
     if arm == "plain+1thread":
         env = make_vec_env(ENV_ID, n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     elif arm == "fastenv-dummy":
-        env = make_vec_env(lambda: fetchreach.make(ENV_ID), n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+        env = make_vec_env(lambda: fast_envs.make(ENV_ID), n_envs=cfg.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
     else:
         env = ProcessVecEnv(ENV_ID, cfg.n_envs, seed=seed)
     if arm == "fastppo":

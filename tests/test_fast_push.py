@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from fetchrl.tasks import envs, fetchpush
+from fetchrl.tasks import fast as fast_envs
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -49,7 +50,7 @@ def _stock_env(env_id: str, **kwargs: Any) -> Any:
 
 
 def _fast_env(env_id: str, **kwargs: Any) -> Any:
-    return fetchpush.make(env_id, **kwargs)
+    return fast_envs.make(env_id, **kwargs)
 
 
 # ============================================================================ policies
@@ -220,12 +221,12 @@ def test_make_mirrors_gym_make_and_rejects_what_it_cannot_do() -> None:
     fast.reset(seed=0)
     with pytest.raises(ValueError, match="dimension"):
         fast.step(np.zeros(3, dtype=np.float32))
-    raw = fetchpush.make_raw("FetchPush-v4")
+    raw = fast_envs.make_raw("FetchPush-v4")
     assert type(raw) is fetchpush.FastFetchPushEnv and raw.reward_type == "sparse"
-    assert fetchpush.make_raw("FetchPush-v4", reward_type="dense").reward_type == "dense"  # kwargs override
-    for wrong in ("FetchReach-v4", "FetchPush-v3", "FetchSlide-v4"):
+    assert fast_envs.make_raw("FetchPush-v4", reward_type="dense").reward_type == "dense"  # kwargs override
+    for wrong in ("FetchPush-v3", "FetchSlide-v4"):
         with pytest.raises(ValueError, match="no fast implementation"):
-            fetchpush.make(wrong)
+            fast_envs.make(wrong)
     stock.close()
     fast.close()
 
@@ -238,7 +239,7 @@ def _model_bytes(model: mujoco.MjModel) -> bytes:
 
 def test_envs_on_one_shared_model_match_the_stock_env() -> None:
     """Two fast envs stepping on one MjModel give the stock numbers, and stepping never writes the model."""
-    first = fetchpush.make_raw("FetchPush-v4")
+    first = fast_envs.make_raw("FetchPush-v4")
     model = first.model
     before = _model_bytes(model)
     second = _fast_env("FetchPush-v4", shared_model=model)
@@ -247,7 +248,7 @@ def test_envs_on_one_shared_model_match_the_stock_env() -> None:
     assert min(moved) > 0.01
     first.reset(seed=1)
     first.step(np.ones(4, dtype=np.float32))
-    assert _model_bytes(model) == before == _model_bytes(fetchpush.make_raw("FetchPush-v4").model)
+    assert _model_bytes(model) == before == _model_bytes(fast_envs.make_raw("FetchPush-v4").model)
 
 
 def test_render_rgb_array_matches_stock() -> None:

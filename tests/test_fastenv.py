@@ -21,6 +21,7 @@ import pytest
 
 from fetchrl.runtime import ENV_PROCS_VAR, FAST_TORCH_THREADS, LEGACY_ENV_PROCS_VAR, Runtime
 from fetchrl.tasks import envs, fetchreach
+from fetchrl.tasks import fast as fast_envs
 from fetchrl.vecenv import factory
 from fetchrl.vecenv.process import ProcessVecEnv
 
@@ -55,8 +56,8 @@ def _random_action(rng: np.random.Generator, step: int) -> np.ndarray:
 
 @pytest.mark.parametrize("env_id", fetchreach.FAST_ENV_IDS)
 def test_fast_env_matches_reference_over_random_episodes(env_id: str) -> None:
-    ref, fast = _reference_env(env_id), fetchreach.make(env_id)
-    assert fast.spec is not None and fast.spec.max_episode_steps == fetchreach.MAX_EPISODE_STEPS
+    ref, fast = _reference_env(env_id), fast_envs.make(env_id)
+    assert fast.spec is not None and fast.spec.max_episode_steps == fast_envs.MAX_EPISODE_STEPS
     assert fast.observation_space == ref.observation_space and fast.action_space == ref.action_space
     rng = np.random.default_rng(123)
     n_episodes = 100
@@ -65,7 +66,7 @@ def test_fast_env_matches_reference_over_random_episodes(env_id: str) -> None:
         obs_ref, _ = ref.reset(seed=seed)
         obs_fast, _ = fast.reset(seed=seed)
         _assert_obs_close(obs_ref, obs_fast, f"reset seed={seed}")
-        for t in range(fetchreach.MAX_EPISODE_STEPS):
+        for t in range(fast_envs.MAX_EPISODE_STEPS):
             action = _random_action(rng, t)
             o1, r1, term1, trunc1, info1 = ref.step(action)
             o2, r2, term2, trunc2, info2 = fast.step(action)
@@ -82,12 +83,12 @@ def test_fast_env_matches_reference_over_random_episodes(env_id: str) -> None:
 def test_fast_env_keeps_reference_state_bit_equal() -> None:
     """The lean step callback skips a full mj_forward; the simulator state must not drift at all."""
     ref = _reference_env("FetchReachDense-v4").unwrapped
-    fast = fetchreach.make_raw("FetchReachDense-v4")
+    fast = fast_envs.make_raw("FetchReachDense-v4")
     rng = np.random.default_rng(7)
     for seed in range(5):
         ref.reset(seed=seed)
         fast.reset(seed=seed)
-        for _ in range(fetchreach.MAX_EPISODE_STEPS):
+        for _ in range(fast_envs.MAX_EPISODE_STEPS):
             action = rng.uniform(-1, 1, size=4).astype(np.float32)
             ref.step(action)
             fast.step(action)
@@ -96,12 +97,12 @@ def test_fast_env_keeps_reference_state_bit_equal() -> None:
 
 
 def test_fast_env_rejects_wrong_action_shape_and_unknown_id() -> None:
-    env = fetchreach.make("FetchReachDense-v4")
+    env = fast_envs.make("FetchReachDense-v4")
     env.reset(seed=0)
     with pytest.raises(ValueError, match="dimension"):
         env.step(np.zeros(3, dtype=np.float32))
     with pytest.raises(ValueError, match="no fast implementation"):
-        fetchreach.make("FetchPush-v4")
+        fast_envs.make("FetchSlide-v4")
 
 
 def _sb3_dummy(env_id: str, n_envs: int, seed: int) -> Any:
@@ -124,18 +125,19 @@ def _assert_infos_equal(i1: dict[str, Any], i2: dict[str, Any], where: str) -> N
             assert np.array_equal(i1["terminal_observation"][key], i2["terminal_observation"][key]), where
 
 
-@pytest.mark.parametrize("n_procs", [1, 2])
-def test_process_vec_env_matches_dummy_vec_env(n_procs: int) -> None:
+@pytest.mark.parametrize(("env_id", "n_procs"), [("FetchReachDense-v4", 1), ("FetchReachDense-v4", 2),
+                                               ("FetchPush-v4", 2)])
+def test_process_vec_env_matches_dummy_vec_env(env_id: str, n_procs: int) -> None:
     n_envs, seed = 5, 11  # split 3 here + 2 in the worker
-    ref = _sb3_dummy("FetchReachDense-v4", n_envs, seed)
-    fast = ProcessVecEnv("FetchReachDense-v4", n_envs, seed=seed, n_procs=n_procs)
+    ref = _sb3_dummy(env_id, n_envs, seed)
+    fast = ProcessVecEnv(env_id, n_envs, seed=seed, n_procs=n_procs)
     assert fast.n_procs == n_procs and fast.n_local == (3 if n_procs == 2 else 5)
     o1, o2 = ref.reset(), fast.reset()
     for key in o1:
         assert np.array_equal(o1[key], o2[key])
     rng = np.random.default_rng(0)
     episodes_ended = 0
-    for t in range(2 * fetchreach.MAX_EPISODE_STEPS + 10):
+    for t in range(2 * fast_envs.MAX_EPISODE_STEPS + 10):
         actions = rng.uniform(-1, 1, size=(n_envs, 4)).astype(np.float32)
         obs1, rew1, done1, infos1 = ref.step(actions)
         obs2, rew2, done2, infos2 = fast.step(actions)
@@ -323,7 +325,7 @@ def test_render_rgb_array_matches_reference() -> None:
         frame_ref = ref.render()
     except Exception as err:  # no GL backend on this machine
         pytest.skip(f"offscreen rendering unavailable: {err}")
-    fast = fetchreach.make("FetchReachDense-v4", render_mode="rgb_array")
+    fast = fast_envs.make("FetchReachDense-v4", render_mode="rgb_array")
     fast.reset(seed=0)
     action = np.array([0.5, -0.5, 0.2, 0.0], dtype=np.float32)
     ref.step(action)
@@ -349,7 +351,7 @@ def test_vec_env_steps_every_env_with_one_shared_model() -> None:
     vec.reset()
     for _ in range(60):  # stepping never writes to the shared model
         vec.step(np.random.default_rng(0).uniform(-1, 1, size=(4, 4)).astype(np.float32))
-    assert _model_bytes(vec.envs[0].model) == _model_bytes(fetchreach.make_raw("FetchReachDense-v4").model)
+    assert _model_bytes(vec.envs[0].model) == _model_bytes(fast_envs.make_raw("FetchReachDense-v4").model)
     vec.close()
     rendering = ProcessVecEnv("FetchReachDense-v4", 2, seed=0, render_mode="rgb_array")
     assert rendering.envs[0].model is not rendering.envs[1].model  # render() moves the target site
@@ -369,7 +371,7 @@ def test_runtime_decides_the_env_path_and_the_factory_follows_it(monkeypatch: py
     fast, ref = Runtime.decide("FetchReachDense-v4"), Runtime.decide("FetchReachDense-v4", reference_env=True)
     assert (fast.fast, fast.torch_threads, fast.env_procs) == (True, FAST_TORCH_THREADS, min(2, os.cpu_count() or 1))
     assert (ref.fast, ref.torch_threads, ref.env_procs) == (False, None, 1)
-    assert not Runtime.decide("FetchPush-v4").fast  # no fast env for it: plain SB3
+    assert Runtime.decide("FetchPush-v4").fast and not Runtime.decide("FetchSlide-v4").fast  # Slide: plain SB3
     vec_fast, vec_ref = factory.make_vec_env(fast, 2, seed=4), factory.make_vec_env(ref, 2, seed=4)
     try:
         assert isinstance(vec_fast, ProcessVecEnv) and vec_fast.n_procs == fast.env_procs

@@ -4,7 +4,7 @@ fetchrl runs a task on one of two paths that give the same numbers (``tests/test
 ``tests/test_fastppo.py``):
 
 - **fast** (the default, for ids in :data:`FAST_ENVS`): fetchrl's lean env
-  (:mod:`fetchrl.tasks.fetchreach`), the process-parallel VecEnv (:mod:`fetchrl.vecenv.process`), the
+  (:mod:`fetchrl.tasks.fast`: Reach and Push), the process-parallel VecEnv (:mod:`fetchrl.vecenv.process`), the
   algorithm's fast class (:func:`fetchrl.pipeline.setup.model_class`) and one torch thread while training;
 - **reference** (``--reference-env``, or an id without a fast env): Gymnasium-Robotics' env in SB3's
   ``DummyVecEnv``, SB3's own class and torch's default thread count — plain SB3.
@@ -20,9 +20,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-#: Gymnasium ids fetchrl steps with its own bit-equal env (:mod:`fetchrl.tasks.fetchreach`), and the
+#: Gymnasium ids fetchrl steps with its own bit-equal env (:mod:`fetchrl.tasks.fast` maps each to its class), and the
 #: reward type each one uses.
-FAST_ENVS: dict[str, str] = {"FetchReachDense-v4": "dense", "FetchReach-v4": "sparse"}
+FAST_ENVS: dict[str, str] = {
+    "FetchReachDense-v4": "dense", "FetchReach-v4": "sparse", "FetchPush-v4": "sparse", "FetchPushDense-v4": "dense",
+}
 
 #: Torch intra-op threads while training on the fast path. The policy is a 64-64 MLP on minibatches of
 #: 256: a second thread buys nothing there, while the env worker process needs the other core — and on

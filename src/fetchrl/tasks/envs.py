@@ -145,9 +145,9 @@ def make_env(runtime: Runtime, *, render_mode: str | None = None, **kwargs: Any)
         ensure_render_backend()
     if runtime.fast:
         # imported here: it imports MuJoCo, whose GL backend must be chosen first (ensure_render_backend)
-        from fetchrl.tasks import fetchreach
+        from fetchrl.tasks import fast
 
-        return fetchreach.make(runtime.env_id, render_mode=render_mode, **kwargs)
+        return fast.make(runtime.env_id, render_mode=render_mode, **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return gym.make(runtime.env_id, render_mode=render_mode, **kwargs)

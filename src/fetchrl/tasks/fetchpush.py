@@ -11,11 +11,8 @@ twice). The env worker process of :mod:`fetchrl.vecenv` can import this module: 
   ``is_success`` is the stock one, in the stock order, so the numbers are bit-identical
   (``tests/test_fast_push.py``). Reset, seeding, block and goal sampling, ``compute_reward`` and
   ``render`` are inherited unchanged.
-- :func:`make` — that env behind ``gym.make``'s usual wrappers (``TimeLimit(50)`` included);
-  :func:`make_raw` — the bare env a process VecEnv steps (it does the time limit itself).
 
-The reward type (``sparse`` for ``FetchPush-v4``, ``dense`` for ``FetchPushDense-v4``) and the episode
-length are read from Gymnasium-Robotics' own registration of the id, never restated here.
+:mod:`fetchrl.tasks.fast` builds it (``make``, ``make_raw``) with the id's reward type.
 """
 
 from __future__ import annotations
@@ -25,9 +22,10 @@ import io
 import warnings
 from typing import Any
 
-import gymnasium as gym
 import mujoco
 import numpy as np
+
+from fetchrl.tasks.fast import Obs
 
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
 # Importing it also registers its ids (FetchPush-v4, ...), whose kwargs make_raw reads.
@@ -36,15 +34,11 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
     from gymnasium_robotics.envs.fetch.push import MujocoFetchPushEnv
     from gymnasium_robotics.utils import mujoco_utils
 
-#: Gymnasium ids with a fast env here: every registered id whose stock env is ``MujocoFetchPushEnv``
-#: (checked by :func:`check_id`; the reward type comes from the id's registered kwargs).
+#: The ids this env serves (the reward type comes from :data:`fetchrl.runtime.FAST_ENVS`).
 FAST_ENV_IDS: tuple[str, ...] = ("FetchPush-v4", "FetchPushDense-v4")
-#: The entry point Gymnasium-Robotics registers the ids above with: what this env is bit-equal to.
-STOCK_ENTRY_POINT = "gymnasium_robotics.envs.fetch.push:MujocoFetchPushEnv"
 #: ``rotations.mat2euler``'s gimbal-lock threshold (its ``_EPS4``: four float64 epsilons).
 EULER_EPS4 = float(np.finfo(np.float64).eps) * 4.0
 
-Obs = dict[str, np.ndarray]
 
 
 def mat2euler(mat: np.ndarray) -> np.ndarray:
@@ -250,46 +244,3 @@ class FastFetchPushEnv(MujocoFetchPushEnv):
             "achieved_goal": object_pos.copy(),
             "desired_goal": self.goal.copy(),
         }
-
-
-# ---------------------------------------------------------------------- factories
-def check_id(env_id: str) -> None:
-    """Raise ValueError unless ``env_id`` is one of :data:`FAST_ENV_IDS`, registered to the stock push env."""
-    if env_id not in FAST_ENV_IDS:
-        raise ValueError(f"no fast implementation of {env_id!r}; fast push ids: {', '.join(FAST_ENV_IDS)}")
-    entry_point = gym.spec(env_id).entry_point
-    if entry_point != STOCK_ENTRY_POINT:  # a gymnasium-robotics release that moved or replaced the env
-        raise ValueError(f"{env_id!r} is registered as {entry_point!r}, not {STOCK_ENTRY_POINT!r}")
-
-
-def make_raw(env_id: str, render_mode: str | None = None, **kwargs: Any) -> FastFetchPushEnv:
-    """The unwrapped fast env (no time limit): what a process VecEnv steps.
-
-    ``kwargs`` (e.g. ``shared_model``, ``width``) override the id's registered kwargs (its reward type).
-    """
-    check_id(env_id)
-    kwargs = {**gym.spec(env_id).kwargs, **kwargs}
-    return FastFetchPushEnv(render_mode=render_mode, **kwargs)
-
-
-_FAST_PREFIX = "fetchrl/Fast"
-
-
-def _register(env_id: str) -> str:
-    """Register ``fetchrl/Fast<env_id>`` once, with the stock id's kwargs and time limit."""
-    fast_id = _FAST_PREFIX + env_id
-    if fast_id not in gym.registry:
-        stock = gym.spec(env_id)
-        gym.register(
-            id=fast_id,
-            entry_point=f"{__name__}:FastFetchPushEnv",
-            kwargs=dict(stock.kwargs),
-            max_episode_steps=stock.max_episode_steps,
-        )
-    return fast_id
-
-
-def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    """The fast env behind gym.make's usual wrappers (TimeLimit(50), OrderEnforcing, env checker)."""
-    check_id(env_id)
-    return gym.make(_register(env_id), render_mode=render_mode, **kwargs)

@@ -9,11 +9,10 @@ second and ~60 MB, where anything importing SB3 pulls in torch (1 s, 220 MB).
   reward or ``is_success`` is the stock one, in the stock order, so the numbers are identical
   (``tests/test_fastenv.py`` demands 1e-6; they are in fact bit-equal). Reset, seeding, goal
   sampling, ``compute_reward`` and ``render`` are inherited unchanged.
-- :func:`make` — that env behind ``gym.make``'s usual wrappers (``TimeLimit(50)`` included);
-  :func:`make_raw` — the bare env the process VecEnv steps (it does the time limit itself).
 
-Which ids have a fast env is :data:`fetchrl.runtime.FAST_ENVS`; :mod:`fetchrl.tasks.envs` calls
-:func:`make` when the :class:`~fetchrl.runtime.Runtime` is on the fast path.
+Which ids have a fast env is :data:`fetchrl.runtime.FAST_ENVS`; :mod:`fetchrl.tasks.fast` builds it
+(``make``, ``make_raw``), and :mod:`fetchrl.tasks.envs` calls that when the
+:class:`~fetchrl.runtime.Runtime` is on the fast path.
 """
 
 from __future__ import annotations
@@ -23,11 +22,10 @@ import io
 import warnings
 from typing import Any
 
-import gymnasium as gym
 import mujoco
 import numpy as np
 
-from fetchrl.runtime import FAST_ENVS
+from fetchrl.tasks.fast import Obs
 
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
@@ -35,12 +33,8 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
     from gymnasium_robotics.envs.fetch.reach import MujocoFetchReachEnv
     from gymnasium_robotics.utils import mujoco_utils
 
-#: Gymnasium ids with a fast env here (:data:`fetchrl.runtime.FAST_ENVS` names them and their reward types).
-FAST_ENV_IDS: tuple[str, ...] = tuple(FAST_ENVS)
-#: Episode length of every Fetch task (Gymnasium-Robotics registers max_episode_steps=50).
-MAX_EPISODE_STEPS = 50
-
-Obs = dict[str, np.ndarray]
+#: The ids this env serves (the reward type comes from :data:`fetchrl.runtime.FAST_ENVS`).
+FAST_ENV_IDS: tuple[str, ...] = ("FetchReachDense-v4", "FetchReach-v4")
 
 
 class FastFetchReachEnv(MujocoFetchReachEnv):
@@ -170,37 +164,3 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
             "achieved_goal": grip_pos.copy(),
             "desired_goal": self.goal.copy(),
         }
-
-
-def check_id(env_id: str) -> None:
-    if env_id not in FAST_ENVS:
-        raise ValueError(f"no fast implementation of {env_id!r}; fast ids: {', '.join(FAST_ENV_IDS)}")
-
-
-def make_raw(env_id: str, render_mode: str | None = None, **kwargs: Any) -> FastFetchReachEnv:
-    """The unwrapped fast env (no time limit): what fetchrl's process VecEnv steps."""
-    check_id(env_id)
-    kwargs = {"reward_type": FAST_ENVS[env_id], **kwargs}
-    return FastFetchReachEnv(render_mode=render_mode, **kwargs)
-
-
-_FAST_PREFIX = "fetchrl/Fast"
-
-
-def _register(env_id: str) -> str:
-    """Register ``fetchrl/Fast<env_id>`` once (the stock id's reward type and time limit)."""
-    fast_id = _FAST_PREFIX + env_id
-    if fast_id not in gym.registry:
-        gym.register(
-            id=fast_id,
-            entry_point="fetchrl.tasks.fetchreach:FastFetchReachEnv",
-            kwargs={"reward_type": FAST_ENVS[env_id]},
-            max_episode_steps=MAX_EPISODE_STEPS,
-        )
-    return fast_id
-
-
-def make(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    """The fast env behind gym.make's usual wrappers (TimeLimit(50), OrderEnforcing, env checker)."""
-    check_id(env_id)
-    return gym.make(_register(env_id), render_mode=render_mode, **kwargs)

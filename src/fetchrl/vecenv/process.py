@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
 from fetchrl.runtime import default_env_procs
-from fetchrl.tasks.fetchreach import MAX_EPISODE_STEPS, check_id
+from fetchrl.tasks.fast import MAX_EPISODE_STEPS, check_id
 from fetchrl.vecenv.worker import CALL, CLOSE, STEP, EnvRows, RowLayout, WorkerSpec, build_envs, serve, wait
 
 

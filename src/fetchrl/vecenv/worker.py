@@ -27,14 +27,14 @@ from typing import Any
 import numpy as np
 
 from fetchrl.tasks.envstate import get_env_state, set_env_state
-from fetchrl.tasks.fetchreach import FastFetchReachEnv, Obs, make_raw
+from fetchrl.tasks.fast import Obs, make_raw
 
 
-def build_envs(env_id: str, ranks: Sequence[int], seed: int, render_mode: str | None = None) -> list[FastFetchReachEnv]:
+def build_envs(env_id: str, ranks: Sequence[int], seed: int, render_mode: str | None = None) -> list[Any]:
     """The envs of ranks ``ranks`` of ``sb3.make_vec_env(env_id, n, seed=seed)``: each env's action
     space seeded with ``seed + rank`` as SB3 does (``VecEnv.seed`` seeds the resets); all on the
     first env's model, except rendering envs (``render`` moves the target's site in the model)."""
-    envs: list[FastFetchReachEnv] = []
+    envs: list[Any] = []
     for rank in ranks:
         shared = envs[0].model if envs and render_mode is None else None
         env = make_raw(env_id, render_mode=render_mode, shared_model=shared)
