@@ -580,6 +580,12 @@ def test_short_run_with_the_demo_settings_learns(lab: ModuleType, one_torch_thre
     assert rows[-1].ent_coef < 1.0
 
 
+def test_demo_not_solved_within_budget_exits_1(lab: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    assert lab.main(["--demo", "--total-steps", "400"]) == 1  # 2 random episodes, no update yet
+    out = capsys.readouterr().out
+    assert re.search(r"\[NOT SOLVED\] avg return -\d+\.\d \(last 2 episodes\), not > -200 over 10, after 400 steps", out)
+
+
 @pytest.mark.slow
 def test_demo_solves_pendulum_and_records_a_gif(tmp_path: Path) -> None:
     import imageio.v3 as iio

@@ -1093,8 +1093,10 @@ def run_demo(seed: int = 0, total_steps: int | None = None, logdir: str | None =
     print()
     print(f"{'Steps':>6} | {'Avg Return (10 ep)':>18} | {'Critic Loss':>11} | {'Actor Loss':>10} | {'Alpha':>7}")
     solved: list[LogStats] = []
+    last: list[LogStats] = []
 
     def on_log(row: LogStats) -> bool:
+        last[:] = [row]
         done = row.n_episodes >= cfg.stats_window_size and row.ep_rew_mean > PENDULUM_SOLVED
         if row.timesteps % 1_000 == 0 or done:
             print(f"{row.timesteps:>6} | {row.ep_rew_mean:>18.1f} | {row.critic_loss:>11.3f} | "
@@ -1114,7 +1116,9 @@ def run_demo(seed: int = 0, total_steps: int | None = None, logdir: str | None =
         print(f"[SOLVED] avg return {solved[0].ep_rew_mean:.1f} > {PENDULUM_SOLVED:.0f} (last 10 episodes) "
               f"at {steps} steps in {seconds:.1f} s")
     else:
-        print(f"[NOT SOLVED] avg return <= {PENDULUM_SOLVED:.0f} after {steps} steps ({seconds:.1f} s)")
+        avg, n = (last[0].ep_rew_mean, min(last[0].n_episodes, cfg.stats_window_size)) if last else (float("nan"), 0)
+        print(f"[NOT SOLVED] avg return {avg:.1f} (last {n} episodes), not > {PENDULUM_SOLVED:.0f} over 10, "
+              f"after {steps} steps ({seconds:.1f} s)")
     return agent, bool(solved)
 
 
