@@ -9,16 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from fetchrl import artifacts
 from fetchrl.artifacts import EvalResult, RunPaths, SettingSummary, SweepSummary
 from fetchrl.config import EvalConfig, TrainConfig
+from fetchrl.console import NOT_MEASURED, make_console, mean_pm_std, new_table
 from fetchrl.errors import FetchRLError
 from fetchrl.runtime import Runtime
 
-console = Console()
+console = make_console()
 
 #: The chapter's robustness bar for multi-seed validation (exercise 2.2): success std < 5 %.
 ROBUST_SUCCESS_STD = 0.05
@@ -113,20 +113,33 @@ def _run_plan(plan: Any, *, backend: str, workers: int | None, ray_address: str 
     for o in outcomes:
         if not o.ok:
             failed[o.trial.tag].append(o.trial.config.seed)
-            console.print(f"[red]trial {o.trial.name} failed: {o.error}[/]")
+            console.print(f"[red]trial {escape(o.trial.name)} failed: {escape(o.error)}[/]")
     return failed
 
 
+def print_outputs(outputs: dict[str, Path | None]) -> None:
+    """One ``name: path`` line per artifact, each whole on one line (no markup, no wrapping).
+
+    ``None`` (e.g. a plot that could not be drawn) reads ``skipped (see above)``: the warning that
+    said why was printed when it was skipped.
+    """
+    for name, path in outputs.items():
+        console.print(f"{name}: {path if path is not None else 'skipped (see above)'}",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
+def _spread(agg: artifacts.MultiSeedAggregate, name: str, fmt: str) -> str:
+    """``"mean ± std"`` of aggregate metric ``name``; ``± n/a`` for one seed (no spread measured)."""
+    return mean_pm_std(agg.aggregate[f"{name}_mean"], agg.aggregate[f"{name}_std"], len(agg.seeds), fmt)
+
+
 def _print_aggregate(agg: artifacts.MultiSeedAggregate) -> None:
-    table = Table(title=f"{agg.env_id}: {len(agg.seeds)} seed(s)")
-    for col in ("seed", "success_rate", "return_mean", "final_distance_mean"):
-        table.add_column(col)
+    table = new_table(f"{agg.env_id}: {len(agg.seeds)} seed(s)",
+                      ("seed", "success_rate", "return_mean", "final_distance_mean"))
     for s in agg.per_seed:
         table.add_row(str(s.seed), f"{s.success_rate:.3f}", f"{s.return_mean:.3f}", f"{s.final_distance_mean:.4f}")
-    a = agg.aggregate
-    table.add_row("mean ± std", f"{a['success_rate_mean']:.3f} ± {a['success_rate_std']:.3f}",
-                  f"{a['return_mean']:.3f} ± {a['return_std']:.3f}",
-                  f"{a['final_distance_mean']:.4f} ± {a['final_distance_std']:.4f}")
+    table.add_row("mean ± std", _spread(agg, "success_rate", ".3f"), _spread(agg, "return", ".3f"),
+                  _spread(agg, "final_distance", ".4f"))
     console.print(table)
     if agg.rliable:
         for metric, r in agg.rliable.items():
@@ -148,13 +161,14 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
     agg.to_json(out)
     _print_aggregate(agg)
     std = agg.aggregate["success_rate_std"]
-    robust = std < ROBUST_SUCCESS_STD
-    console.print(f"robustness (success std < {ROBUST_SUCCESS_STD:.0%}): "
-                  f"[{'green' if robust else 'red'}]{'PASS' if robust else 'FAIL'}[/] (std {std:.1%})")
+    robust = std < ROBUST_SUCCESS_STD  # one seed: std 0.0, so the exit code does not depend on it
+    verdict = (f"[{'green' if robust else 'red'}]{'PASS' if robust else 'FAIL'}[/] (std {std:.1%})"
+               if len(agg.seeds) > 1 else f"{NOT_MEASURED} (one seed: no spread measured; use --seeds 2 or more)")
+    console.print(f"robustness (success std < {ROBUST_SUCCESS_STD:.0%}): {verdict}")
     logdirs = {s: RunPaths(config.env_id, s, root).tb_dir for s in agg.seeds}
     png = _plot_or_none(plot_multi_seed, logdirs, artifacts.multi_seed_plot_path(root),
                         final_scores={k: [getattr(s, k) for s in agg.per_seed] for k in SEED_METRICS})
-    console.print(f"aggregate: {out}\nplot: {png}")
+    print_outputs({"aggregate": out, "plot": png})
     return 0 if robust and not failed["default"] else 1
 
 
@@ -204,6 +218,8 @@ def answer_ablation(settings: list[SettingSummary]) -> dict[str, str]:
     spread = max(succ) - min(succ)
     noise = max((a.aggregate["success_rate_std"] for a in aggs), default=0.0)  # type: ignore[union-attr]
     changes = spread > max(2 * noise, 0.05)
+    measured = all(len(a.seeds) > 1 for a in aggs)  # type: ignore[union-attr]
+    noise_text = f"{noise:.1%}" if measured else f"{NOT_MEASURED}, one seed"
     perf = ", ".join(f"{s.tag}: {v:.1%}" for s, v in zip(settings, succ, strict=True))
     kl = ", ".join(f"{s.tag}: mean {s.training.get('approx_kl_mean', float('nan')):.4f}, "
                    f"{s.training.get('approx_kl_share_above_0.03', float('nan')):.0%} of updates > 0.03"
@@ -213,23 +229,21 @@ def answer_ablation(settings: list[SettingSummary]) -> dict[str, str]:
     order = "decreases" if all(a >= b for a, b in zip(cf_vals, cf_vals[1:], strict=False)) else "is not monotonic"
     return {
         "final_performance": f"{'yes' if changes else 'no clear change'} — success rate {perf} "
-                             f"(spread {spread:.1%} vs seed noise {noise:.1%})",
+                             f"(spread {spread:.1%} vs seed noise {noise_text})",
         "stability": f"approx_kl per setting — {kl}",
         "clip_fraction": f"mean clip_fraction — {cf}; across settings in the given order it {order}",
     }
 
 
 def _print_settings(title: str, settings: list[SettingSummary]) -> None:
-    table = Table(title=title)
-    for col in ("setting", "seeds", "success", "return", "final dist (m)", "clip_fraction", "approx_kl"):
-        table.add_column(col)
+    table = new_table(title, ("setting", "seeds", "success", "return", "final dist (m)", "clip_fraction",
+                              "approx_kl"))
     for s in settings:
-        a = s.aggregate.aggregate  # type: ignore[union-attr]
+        agg = s.aggregate
+        assert isinstance(agg, artifacts.MultiSeedAggregate)  # built in this run (a dict only when read back)
         table.add_row(
-            s.tag, str(len(s.aggregate.seeds)),  # type: ignore[union-attr]
-            f"{a['success_rate_mean']:.3f} ± {a['success_rate_std']:.3f}",
-            f"{a['return_mean']:.2f} ± {a['return_std']:.2f}",
-            f"{a['final_distance_mean']:.4f} ± {a['final_distance_std']:.4f}",
+            s.tag, str(len(agg.seeds)),
+            _spread(agg, "success_rate", ".3f"), _spread(agg, "return", ".2f"), _spread(agg, "final_distance", ".4f"),
             f"{s.training.get('clip_fraction_mean', float('nan')):.3f}",
             f"{s.training.get('approx_kl_mean', float('nan')):.4f}",
         )
@@ -249,7 +263,9 @@ def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], c
            root: Path, **kw: Any) -> int:
     """Exercise 2.4: every clip_range x seeds; answers the exercise's three questions."""
     from fetchrl.analysis.plots import plot_ablation
+    from fetchrl.sweep.plan import check_distinct
 
+    check_distinct("--clip-ranges", clip_ranges)  # as sweep's --grid does: nothing is dropped silently
     grid = {"clip_range": list(clip_ranges)}
     plan, settings, any_failed = _run_grid("ablation_clip_range", config, eval_config, seeds, grid, root, **kw)
     summary = SweepSummary(artifacts.now_iso(), "ablation_clip_range", config.env_id, list(seeds),
@@ -262,7 +278,7 @@ def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], c
     groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]  # type: ignore[union-attr]
               for s in settings}
     png = _plot_or_none(plot_ablation, groups, artifacts.ablation_plot_path("clip_range", root))
-    console.print(f"ablation: {out}\nplot: {png}")
+    print_outputs({"ablation": out, "plot": png})
     return 1 if any_failed else 0
 
 
@@ -281,7 +297,7 @@ def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequen
     groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]  # type: ignore[union-attr]
               for s in settings}
     png = _plot_or_none(plot_ablation, groups, artifacts.sweep_plot_path(name, root))
-    console.print(f"sweep: {out}\nplot: {png}")
+    print_outputs({"sweep": out, "plot": png})
     return 1 if any_failed else 0
 
 
@@ -292,7 +308,7 @@ def plot(paths: RunPaths, *, seeds: int | None = None) -> int:
     if seeds:
         logdirs = {s: RunPaths(paths.env_id, s, paths.root).tb_dir for s in range(seeds)}
         out.append(plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(paths.root)))
-    console.print("plots: " + ", ".join(str(p) for p in out))
+    console.print("plots: " + ", ".join(str(p) for p in out), markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

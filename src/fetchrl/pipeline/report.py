@@ -114,8 +114,9 @@ def write_report(paths: RunPaths, result: EvalResult, baselines: list[EvalResult
 def print_criteria(result: EvalResult, baselines: list[EvalResult] | None = None, title: str = "", *,
                    criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> bool:
     """Print the criteria table (rich) and return the overall verdict."""
-    from rich.console import Console
     from rich.table import Table
+
+    from fetchrl.console import make_console
 
     header, rows = criteria_table(result, baselines, criteria=criteria)
     table = Table(title=title or f"Chapter 2 criteria — {result.env_id}, {result.n_episodes} episodes")
@@ -125,7 +126,7 @@ def print_criteria(result: EvalResult, baselines: list[EvalResult] | None = None
         style = "green" if r[3] == "PASS" else "red"
         table.add_row(*r[:3], f"[{style}]{r[3]}[/{style}]", *r[4:])
     ok = overall_pass(check_criteria(result, criteria))
-    console = Console()
+    console = make_console()  # off a terminal: wide, nothing cut or wrapped
     console.print(table)
     console.print(f"Overall: [bold {'green' if ok else 'red'}]{'PASS' if ok else 'FAIL'}[/]")
     return ok

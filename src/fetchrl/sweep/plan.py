@@ -38,10 +38,24 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
             raise FetchRLError(f"--grid {name}: values must be {kind.__name__}, got {values!r}") from None
         if not all(math.isfinite(v) for v in parsed):
             raise FetchRLError(f"--grid {name}: values must be finite numbers, got {values!r}")
-        if len(set(parsed)) < len(parsed):
-            raise FetchRLError(f"--grid {name}: duplicate value in {values!r}")
+        check_distinct(f"--grid {name}", parsed, sep=",")
         grid[name] = parsed
     return grid
+
+
+def check_distinct(flag: str, values: Sequence[Any], *, sep: str = " ") -> None:
+    """FetchRLError naming ``flag`` when a value is listed twice (``0.1`` and ``0.10`` are the same value).
+
+    ``sep`` joins the values in the message as the user typed them (``,`` in ``--grid``).
+
+    A grid runs each setting once: a duplicate would otherwise be dropped without a word.
+    """
+    seen: list[Any] = []
+    for v in values:
+        if v in seen:
+            listed = sep.join(str(x) for x in values)
+            raise FetchRLError(f"{flag}: duplicate value {v} in {listed!r}; list each value once")
+        seen.append(v)
 
 
 def config_tag(overrides: dict[str, Any]) -> str:
@@ -96,6 +110,8 @@ def grid_plan(name: str, base: TrainConfig, eval_config: EvalConfig, seeds: Sequ
               grid: dict[str, list[Any]], root: Path = Path(".")) -> SweepPlan:
     """Every combination of the grid's values as one configuration (``{}`` -> the base alone)."""
     names = list(grid)
+    for n in names:  # parse_grid and the ablation's flag check this first, naming the flag
+        check_distinct(n, grid[n])
     configs = {}
     for combo in itertools.product(*(grid[n] for n in names)):
         overrides = dict(zip(names, combo, strict=True))

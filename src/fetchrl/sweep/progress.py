@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from types import TracebackType
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
+
+from fetchrl.console import make_console
 
 
 def format_seconds(seconds: float) -> str:
@@ -41,7 +42,7 @@ class SweepProgress:
         self.enabled = enabled
         self._attempt_seconds: list[float] = []
         self._eta_at: float | None = None
-        console = Console(stderr=True)
+        console = make_console(stderr=True)  # off a terminal: status lines whole, never wrapped
         # A live bar on a terminal; elsewhere (CI logs, nohup) one status line per event instead.
         self._log_events = enabled and not console.is_terminal
         self._progress = Progress(

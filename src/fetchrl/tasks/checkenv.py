@@ -51,13 +51,14 @@ def run_checks(runtime: Runtime, *, n_steps: int = 100, seed: int = 0) -> list[C
 
 
 def print_checks(env_id: str, checks: list[Check]) -> bool:
-    from rich.console import Console
     from rich.table import Table
+
+    from fetchrl.console import make_console
 
     table = Table(title=f"check-env — {env_id}")
     for col in ("check", "result", "observed"):
         table.add_column(col)
     for c in checks:
         table.add_row(c.name, "[green]PASS[/]" if c.passed else "[red]FAIL[/]", c.detail)
-    Console().print(table)
+    make_console().print(table)  # off a terminal: wide, nothing cut or wrapped
     return all(c.passed for c in checks)
