@@ -479,11 +479,10 @@ def test_verify_fails_when_a_piece_is_broken(lab: ModuleType, monkeypatch: pytes
                                              capsys: pytest.CaptureFixture[str], name: str,
                                              make_broken: Any, section: str) -> None:
     monkeypatch.setattr(lab, name, make_broken(lab))
-    assert lab.run_verification() is False
+    assert lab.main(["--verify"]) == 1  # run_verification() is False -> exit 1
     out = capsys.readouterr().out
     assert "[FAIL]" in out and "[ALL PASS]" not in out
     assert section in out
-    assert lab.main(["--verify"]) == 1
 
 
 # ---------------------------------------------------------------------------
