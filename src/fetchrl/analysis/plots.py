@@ -43,7 +43,24 @@ HEALTHY_NOTE: Final = {
     metrics.APPROX_KL: diagnose.APPROX_KL_BAND.label,
     metrics.CLIP_FRACTION: diagnose.CLIP_FRACTION_BAND.label,
     metrics.ENTROPY_LOSS: "healthy: slowly moves toward 0",
+    # SAC (chapter 3's book numbers; fetchrl.analysis.rules.sac)
+    metrics.ENT_COEF: "healthy: falls, ~0.47 → ~0.0004 once solved (log scale)",
+    metrics.CRITIC_LOSS: f"healthy: stays far below {diagnose.sac.CRITIC_LOSS_CEILING:g}",
+    metrics.ACTOR_LOSS: "healthy: falls as Q rises (it is -Q + ent_coef log π)",
+    metrics.Q_OVERESTIMATION: "Q vs real returns (lines: batch Q, target; dots: eval Q, soft MC return)",
 }
+#: SAC's panels (``plot_run(..., algo="sac")``), and the rules whose warnings each panel marks.
+SAC_PANELS: Final = (metrics.SUCCESS_RATE, metrics.EP_REW_MEAN, metrics.ENT_COEF, metrics.CRITIC_LOSS,
+                     metrics.ACTOR_LOSS, metrics.Q_OVERESTIMATION)
+SAC_PANEL_RULES: Final = {metrics.SUCCESS_RATE: ("success_flat",),
+                          metrics.ENT_COEF: ("ent_coef_collapse", "ent_coef_explodes"),
+                          metrics.CRITIC_LOSS: ("critic_loss_diverges",),
+                          metrics.Q_OVERESTIMATION: ("q_overestimation",)}
+#: The Q panel's curves: (tag, label, style).
+SAC_Q_LINES: Final = ((metrics.Q1_MEAN, "critic 1 mean (batch)", "-"), (metrics.Q2_MEAN, "critic 2 mean (batch)", "-"),
+                      (metrics.Q_TARGET_MEAN, "TD target mean (batch)", "--"),
+                      (metrics.EVAL_Q, "eval: min Q at episode start", "o-"),
+                      (metrics.EVAL_MC_RETURN, "eval: soft MC return", "s-"))
 #: The chapter's healthy bands (low, high) — shaded green (``diagnose.HEALTHY_BANDS``; "< 0.03" from 0).
 HEALTHY_BAND: Final = {tag: (band.low if math.isfinite(band.low) else 0.0, band.high)
                        for tag, band in diagnose.HEALTHY_BANDS.items()}
@@ -127,7 +144,9 @@ def _save(fig: Figure, out_png: Path) -> Path:
 
 def _wants_log_scale(tag: str, finite: np.ndarray) -> bool:
     """Log y for a loss or KL spanning two orders of magnitude, or dwarfing its healthy band."""
-    if tag not in (metrics.VALUE_LOSS, metrics.APPROX_KL) or not finite.size or finite.min() <= 0:
+    if tag == metrics.ENT_COEF:
+        return bool(finite.size and finite.min() > 0)  # a coefficient falling by decades
+    if tag not in (metrics.VALUE_LOSS, metrics.APPROX_KL, metrics.CRITIC_LOSS) or not finite.size or finite.min() <= 0:
         return False
     band_top = HEALTHY_BAND[tag][1] if tag in HEALTHY_BAND else math.inf
     return bool(finite.max() / finite.min() >= 100 or finite.max() >= 10 * band_top)
@@ -216,8 +235,10 @@ def _annotate(ax: Axes, finding: diagnose.Finding) -> None:
 
 
 # ---------------------------------------------------------------- public figures
-def plot_run(logdir: Path, out_png: Path) -> Path:
+def plot_run(logdir: Path, out_png: Path, algo: str = "ppo") -> Path:
     """The six curves of one run (2x3 panels), with the chapter's healthy bands shaded.
+
+    ``algo="sac"``: SAC's panels instead (:func:`plot_sac_run`).
 
     The approx_kl and clip_fraction panels carry ``diagnose``'s verdict on their band in the words of
     the diagnosis table ("ok" / "outside range", how many updates, from which step), and the entropy
@@ -230,6 +251,9 @@ def plot_run(logdir: Path, out_png: Path) -> Path:
     Returns:
         ``out_png``. Raises FetchRLError (exit 2) for missing logs or tags.
     """
+    if algo == "sac":
+        return plot_sac_run(logdir, out_png)
+    diagnose.rules_for(algo)  # an unknown algorithm is bad input (exit 2)
     scalars = diagnose.read_run(Path(logdir))
     findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir)).findings}
     fig, axes = _new_figure(2, f"PPO training curves — {logdir}")
@@ -244,6 +268,51 @@ def plot_run(logdir: Path, out_png: Path) -> Path:
         _annotate(axes[5], collapse)
     for ax in axes[3:6]:
         _legend_guides(ax)
+    return _save(fig, out_png)
+
+
+def _plot_q_panel(ax: Axes, scalars: Mapping[str, Series]) -> list[np.ndarray]:
+    """Batch Q statistics and the evaluation's Q vs soft Monte-Carlo return (whatever was logged)."""
+    drawn = []
+    for tag, label, style in SAC_Q_LINES:
+        if tag in scalars:
+            s = scalars[tag]
+            ax.plot(s.steps, s.values, style, lw=1.4, ms=4, label=label)
+            drawn.append(s.values)
+    if not drawn:
+        ax.text(0.5, 0.5, "q/* not logged\n(attach SACDiagnosticsCallback)", transform=ax.transAxes,
+                ha="center", va="center")
+    return drawn
+
+
+def plot_sac_run(logdir: Path, out_png: Path) -> Path:
+    """SAC's curves of one run (2x3 panels): success, reward, ent_coef (log), critic and actor loss, Q vs returns.
+
+    Each warning of ``diagnose --algo sac`` is marked at its step on its panel (``SAC_PANEL_RULES``).
+
+    Args:
+        logdir: TensorBoard run directory. out_png: where to write.
+
+    Returns:
+        ``out_png``. Raises FetchRLError (exit 2) for missing logs or tags.
+    """
+    scalars = diagnose.read_run(Path(logdir), "sac")
+    findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir), "sac").findings}
+    fig, axes = _new_figure(2, f"SAC training curves — {logdir}")
+    for ax, tag in zip(axes, SAC_PANELS, strict=True):
+        if tag == metrics.Q_OVERESTIMATION:
+            data = _plot_q_panel(ax, scalars)
+        else:
+            s = scalars[tag]
+            ax.plot(s.steps, s.values, color="tab:blue", lw=1.6, marker="o" if s.steps.size <= 30 else None, ms=3)
+            data = [s.values]
+        _decorate(ax, tag, data)
+        for fid in SAC_PANEL_RULES.get(tag, ()):
+            if findings[fid].severity == "warning":
+                _annotate(ax, findings[fid])
+        handles, labels = ax.get_legend_handles_labels()
+        if labels:
+            ax.legend(handles, [textwrap.shorten(lab, 200) for lab in labels], fontsize=7, loc="best")
     return _save(fig, out_png)
 
 
