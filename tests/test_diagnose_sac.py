@@ -196,6 +196,8 @@ def test_overestimation_needs_a_run_of_measurements_and_names_its_start() -> Non
     assert sac_rules.check_q_overestimation(Series(steps, np.array([0.0, 25.0, 1.0, 25.0])), mc).severity == "ok"
     f = sac_rules.check_q_overestimation(Series(steps, np.array([0.0, 1.0, 25.0, math.inf])), mc)
     assert f.severity == "warning" and f.at_step == 300
+    catching_up = Series(steps, np.array([60.0, 50.0, 40.0, 30.0]))  # an older, larger ent_coef's bonus fading
+    assert sac_rules.check_q_overestimation(catching_up, Series(steps, np.full(4, 5.0))).severity == "ok"
     assert sac_rules.check_q_overestimation(None, None).severity == "info"
 
 

@@ -47,7 +47,7 @@ HEALTHY_NOTE: Final = {
     metrics.ENT_COEF: "healthy: falls, ~0.47 → ~0.0004 once solved (log scale)",
     metrics.CRITIC_LOSS: f"healthy: stays far below {diagnose.sac.CRITIC_LOSS_CEILING:g}",
     metrics.ACTOR_LOSS: "healthy: falls as Q rises (it is -Q + ent_coef log π)",
-    metrics.Q_OVERESTIMATION: "Q vs real returns (lines: batch Q, target; dots: eval Q, soft MC return)",
+    metrics.Q_OVERESTIMATION: "Q vs real returns: batch Q (lines), eval Q, soft MC return (dots)",
 }
 #: SAC's panels (``plot_run(..., algo="sac")``), and the rules whose warnings each panel marks.
 SAC_PANELS: Final = (metrics.SUCCESS_RATE, metrics.EP_REW_MEAN, metrics.ENT_COEF, metrics.CRITIC_LOSS,

@@ -37,10 +37,13 @@ Warning signs (``warning`` when the test holds, ``ok`` when not, ``info`` when t
 ``q_overestimation`` — the critics' values ran away from the returns the policy really gets.
     Needs ``q/eval_q_start`` and ``q/eval_mc_return`` (SACDiagnosticsCallback), judged at the last
     ``OVERESTIMATION_RUN = 2`` measurements: each has ``Q - G > |G| + OVERESTIMATION_ABS (10)``, i.e.
-    the critic's value exceeds the real soft return by more than the return's own size plus 10.
+    the critic's value exceeds the real soft return by more than the return's own size plus 10, AND
+    the gap did not shrink from one to the next (running away, not catching up).
     For a negative return G (FetchReachDense without the entropy bonus) that means a *positive* Q over
     10, impossible with rewards <= 0; a positive, entropy-dominated G must be more than doubled. A
-    critic that merely lags (it starts at 0 while the real returns are -10 or +200) never meets it.
+    critic that merely lags (it starts at 0 while the real returns are -10 or +200) never meets it; nor
+    does one still valuing the entropy bonus of a larger, older ent_coef while the coefficient falls
+    (that gap shrinks as the critic catches up).
 
 ``success_flat`` — success stayed at the bottom long after learning started.
     Learning starts at the first logged ``train/*`` point (the first log dump after ``learning_starts``).
@@ -143,7 +146,7 @@ def check_critic_loss_diverges(critic_loss: Series) -> Finding:
 
 
 def check_q_overestimation(q_start: Series | None, mc_return: Series | None) -> Finding:
-    """Q - G > |G| + 10 at each of the last two measurements.
+    """Q - G > |G| + 10 at each of the last two measurements, the gap not shrinking.
 
     q_start: ``q/eval_q_start``; mc_return: ``q/eval_mc_return`` (one point per measurement, same steps).
     """
@@ -162,7 +165,9 @@ def check_q_overestimation(q_start: Series | None, mc_return: Series | None) -> 
                 "max_gap": float(np.nanmax(gap)) if np.isfinite(gap).any() else math.inf, "n": float(q.size)}
     evidence = (f"last Q {fmt(q[-1])} vs soft MC return {fmt(g[-1])} (gap {fmt(gap[-1])}); over-estimating if "
                 f"gap > |return| + {fmt(OVERESTIMATION_ABS)} at the last {OVERESTIMATION_RUN} measurements")
-    if not over[-OVERESTIMATION_RUN:].all():
+    tail = np.where(np.isfinite(gap), gap, np.inf)[-OVERESTIMATION_RUN:]
+    running_away = bool(np.all(np.diff(tail) >= 0))  # inf - inf is NaN: a non-finite tail counts as running
+    if not over[-OVERESTIMATION_RUN:].all() or not (running_away or np.isinf(tail).any()):
         return Finding(fid, tag, "ok", evidence, observed)
     # the run of over-estimating measurements that reaches the end starts here
     i = int(q.size - np.argmin(over[::-1])) if not over.all() else 0
