@@ -81,6 +81,7 @@ def _assert_same_state(ref: Any, fast: Any) -> None:
     assert torch.equal(ref.log_ent_coef, fast.log_ent_coef)
     assert ref.num_timesteps == fast.num_timesteps and ref._n_updates == fast._n_updates > 0
     assert ref._episode_num == fast._episode_num
+    assert [m.training for m in ref.policy.modules()] == [m.training for m in fast.policy.modules()]
     for key in ref._last_obs:
         assert np.array_equal(ref._last_obs[key], fast._last_obs[key]), key
     assert [(a["r"], a["l"]) for a in ref.ep_info_buffer] == [(b["r"], b["l"]) for b in fast.ep_info_buffer]

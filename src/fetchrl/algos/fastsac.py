@@ -410,6 +410,7 @@ class FastSAC(SAC):
 
     _lean_cache: tuple[Any, LeanSAC | None] | None = None
     _steppers: tuple[Any, ...] | None = None
+    _mode_modules: list[nn.Module] | None = None
 
     def _setup_model(self) -> None:
         """SB3's set-up, with :class:`FlatDictReplayBuffer` where SB3 would pick ``DictReplayBuffer``
@@ -441,9 +442,15 @@ class FastSAC(SAC):
         return lean
 
     def _set_training_mode(self, mode: bool) -> None:
-        # No dropout or batch norm on the lean path: the flag changes no number, only walks modules.
-        if self.policy.training != mode or self.actor.training != mode or self.critic.training != mode:
-            self.policy.set_training_mode(mode)
+        """``SACPolicy.set_training_mode(mode)``: the same ``training`` flags (policy, actor and critic
+        modules; the target stays in eval mode), set on a list made once instead of by two recursive
+        ``nn.Module.train`` walks per env step. On the lean path no module reads the flag (no dropout,
+        no batch norm): it is kept only so that callers see what SB3 leaves."""
+        modules = self._mode_modules
+        if modules is None or modules[0] is not self.policy:
+            modules = self._mode_modules = [self.policy, *self.actor.modules(), *self.critic.modules()]
+        for module in modules:
+            module.__dict__["training"] = mode  # what nn.Module.train sets, without __setattr__'s checks
 
     # ------------------------------------------------------------------ acting
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, train_freq: TrainFreq,  # type: ignore[override]
