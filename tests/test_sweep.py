@@ -3,8 +3,11 @@ made to fail, resume, aggregation recomputed from the eval JSONs on disk, and th
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +24,10 @@ from fetchrl.sweep.base import get_runner, run_trials
 from fetchrl.sweep.ledger import TrialLedger
 from fetchrl.sweep.plan import SweepPlan, grid_plan, parse_grid
 from fetchrl.sweep.progress import SweepProgress
-from fetchrl.sweep.ray import run_trial_task
+from fetchrl.sweep.ray import probe, run_trial_task
 from fetchrl.sweep.trials import FAIL_TRIAL_ENV, Trial, TrialOutcome, is_complete
 
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ch02_ppo_dense_reach.py"
 #: A few PPO updates per trial: seconds of training, real artifacts.
 TINY_SWEEP = TrainConfig(total_steps=1024, n_envs=2, n_steps=256, batch_size=64, n_epochs=2)
 TINY_SWEEP_EVAL = EvalConfig(n_episodes=3)
@@ -279,3 +283,107 @@ def test_ray_task_body_forwards_the_driver_env_and_restores_the_worker_env(
     assert result.ok is False and "injected failure" in result.error and result.files == {}
     assert FAIL_TRIAL_ENV not in os.environ and os.environ["FETCHRL_ENV_THREADS"] == "7"
     assert not trial.paths.checkpoint.exists()
+
+
+# ============================================================================ Ray: where it connects, what it exposes
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_probe_fails_at_once_on_an_unreachable_or_malformed_address() -> None:
+    port = _closed_port()
+    with pytest.raises(FetchRLError, match=rf"cannot reach the Ray cluster at '127\.0\.0\.1:{port}': Connection refused") as err:
+        probe(f"127.0.0.1:{port}")
+    assert err.value.exit_code == 1
+    with pytest.raises(FetchRLError, match="expected auto, HOST:PORT or ray://HOST:PORT") as err:
+        probe("head-node")
+    assert err.value.exit_code == 2
+    probe("auto")  # Ray resolves it (from `ray start`'s address file)
+
+
+def test_unreachable_ray_address_is_one_clear_line(tmp_path: Path) -> None:
+    """Ray retries an unreachable GCS for minutes, printing raw gcs_client/rpc_client lines; we do not dial it."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]'): Ray backend untested")
+    port = _closed_port()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "multi-seed", "--backend", "ray", "--ray-address", f"127.0.0.1:{port}",
+         "--seeds", "1", "--total-steps", "1024", "--n-envs", "2", "--n-steps", "512", "--n-eval-episodes", "2",
+         "--no-progress", "--root", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the Ray cluster at '127.0.0.1:{port}'"), proc.stderr
+    assert not list(tmp_path.rglob("*.zip"))  # nothing trained
+
+
+#: Run in a fresh interpreter (Ray reads the loopback switch when it is imported): start the sweep's own
+#: local Ray instance and report its addresses and every TCP port its processes listen on.
+_LOCAL_RAY_PROBE = r"""
+import ipaddress, json, os
+from pathlib import Path
+from fetchrl.sweep.ray import connect, import_ray
+
+def listening() -> list[str]:
+    # LISTEN sockets (state 0A) of this process and its descendants (GCS, raylet, agents, workers)
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(") ", 1)
+        except OSError:
+            continue
+        children.setdefault(int(rest.split()[1]), []).append(int(stat.parent.name))
+    pids, todo = set(), [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        pids.add(pid)
+        todo += children.get(pid, [])
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    out = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A" or f[9] not in inodes:
+                continue
+            hexip, port = f[1].split(":")
+            raw = bytes.fromhex(hexip)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(raw)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            out.append(f"{ip}:{int(port, 16)}")
+    return out
+
+ray = import_ray(loopback=True)
+assert connect(ray, None)
+try:
+    ctx = ray.init(ignore_reinit_error=True)
+    print(json.dumps({"node_ip": ray.util.get_node_ip_address(), "gcs": ctx.address_info["gcs_address"],
+                      "dashboard_url": ctx.dashboard_url, "listening": listening()}))
+finally:
+    ray.shutdown()
+"""
+
+
+def test_local_ray_instance_listens_on_loopback_only_with_no_dashboard() -> None:
+    """Ray has no authentication (CVE-2023-48022): the instance a sweep starts must not be reachable
+    from the network. Every port its processes listen on is on 127.0.0.1, and the dashboard is off."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]'): Ray backend untested")
+    proc = subprocess.run([sys.executable, "-c", _LOCAL_RAY_PROBE], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["node_ip"] == "127.0.0.1" and seen["gcs"].startswith("127.0.0.1:")
+    assert not seen["dashboard_url"]
+    assert seen["gcs"] in seen["listening"], seen  # the probe does see Ray's own sockets
+    assert all(ipaddress.ip_address(a.rpartition(":")[0]).is_loopback for a in seen["listening"]), seen

@@ -18,22 +18,28 @@ back as a failed attempt, a dead worker or node as a Ray error — exactly like 
 
 Each task reserves ``cpus_per_trial`` CPUs and limits torch's threads (and the fast env's stepping
 processes) to as many, so tasks packed onto one node do not oversubscribe it.
+
+Exposure: whoever reaches a Ray instance's ports can run code on it. Without an address, the local
+instance this module starts listens on 127.0.0.1 only and has no dashboard; a cluster's address is
+probed before Ray dials it, so an unreachable one is one line, not minutes of retries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fetchrl.artifacts import atomic_write_bytes, read_json, write_json
 from fetchrl.errors import FetchRLError
@@ -43,14 +49,30 @@ from fetchrl.sweep.progress import SweepProgress
 from fetchrl.sweep.trials import Attempt, Trial, TrialOutcome, run_trial_in_worker, worker_init
 
 RAY_MISSING = "Ray is not installed: pip install '.[ray]'"
+#: Seconds the driver tries a TCP connection to ``--ray-address`` before calling it unreachable.
+PROBE_SECONDS = 5.0
+#: Set before ``import ray`` when no address is given: Ray then gives the local instance it starts the
+#: loopback address, so its GCS, raylet, object manager and agents listen on 127.0.0.1 only (Ray's own
+#: default on macOS and Windows). Whoever reaches a Ray instance's ports can run code on it, unless
+#: token authentication is on (docs/sweeps.md, "Security").
+LOOPBACK_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+#: What every "cannot connect" error suggests.
+CONNECT_HINT = ("Start a cluster with `ray start --head` and pass --ray-address auto (or HOST:PORT), "
+                "or omit --ray-address to start a local instance")
 #: Environment variables with this prefix are forwarded from the driver to every task.
 FORWARDED_ENV_PREFIX = "FETCHRL_"
 #: Seconds ray.wait blocks before the loop looks again for free slots (the cluster may grow).
 WAIT_SECONDS = 2.0
 
 
-def import_ray() -> Any:
-    """``import ray`` or a FetchRLError saying how to install it (``Any``: Ray is optional and untyped here)."""
+def import_ray(*, loopback: bool = False) -> Any:
+    """``import ray`` or a FetchRLError saying how to install it (``Any``: Ray is optional and untyped here).
+
+    ``loopback``: a local instance will be started, bound to 127.0.0.1 (:data:`LOOPBACK_ENV`; it only
+    takes effect when Ray is not imported yet, so :func:`connect` checks the address it got).
+    """
+    if loopback:
+        os.environ[LOOPBACK_ENV[0]] = LOOPBACK_ENV[1]
     try:
         import ray
     except ImportError:
@@ -145,21 +167,86 @@ def _collect(ray: Any, ref: Any, trial: Trial) -> Attempt:
     return Attempt(result.ok, result.error, result.seconds)
 
 
-def _connect(ray: Any, address: str | None) -> bool:
-    """Connect to (or start) Ray; True when this call started the connection (so we shut it down)."""
-    if ray.is_initialized():
-        return False
+def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
+    """Fail at once, in one line, when nothing accepts a TCP connection at ``address``.
+
+    ``address``: ``HOST:PORT`` or ``ray://HOST:PORT``; ``auto`` is Ray's to resolve (not probed).
+    Without this, Ray retries an unreachable GCS for minutes, printing raw C++ log lines.
+    Raises FetchRLError: exit 2 for a malformed address, 1 for an unreachable one.
+    """
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise FetchRLError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
     try:
-        ray.init(address=address or None, ignore_reinit_error=True, include_dashboard=False,
-                 logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        why = err.strerror or str(err) or type(err).__name__
+        raise FetchRLError(f"cannot reach the Ray cluster at {address!r}: {why}. {CONNECT_HINT}",
+                           exit_code=1) from None
+
+
+@contextlib.contextmanager
+def _stderr_fd_to(file: IO[bytes]) -> Iterator[None]:
+    """Point file descriptor 2 at ``file`` (Ray's C++ core writes its log lines there, not to sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _init(ray: Any, address: str) -> Any:
+    """``ray.init`` with our logging settings; the dashboard is never started."""
+    return ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
+                    logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+
+
+def connect(ray: Any, address: str | None) -> bool:
+    """Connect to a cluster, or start a local instance; True when this call did it (so we shut it down).
+
+    ``address`` None: a fresh local instance (Ray's ``"local"``: never a cluster that happens to run on
+    this machine, nor ``RAY_ADDRESS``), dashboard off, every server on 127.0.0.1 (see
+    :data:`LOOPBACK_ENV`); FetchRLError if Ray put it on another address. A cluster address is probed
+    first (:func:`probe`), and Ray's raw C++ output while connecting is held back: a failure is one
+    line; after a success that output is passed on to stderr.
+    """
+    if ray.is_initialized():  # e.g. a test's ray.init(num_cpus=2): use it as it is
+        return False
+    where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+    try:
+        if address is None:
+            ctx = _init(ray, "local")
+        else:
+            probe(address)
+            with tempfile.TemporaryFile() as held:
+                with _stderr_fd_to(held):
+                    ctx = _init(ray, address)
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
     except (ConnectionError, RuntimeError, ValueError) as err:
-        where = f"Ray cluster at {address!r}" if address else "a local Ray instance"
-        raise FetchRLError(
-            f"cannot connect to {where}: {type(err).__name__}: {str(err).rstrip('.')}. Start a cluster with `ray start --head` "
-            "and pass --ray-address auto (or HOST:PORT), or omit --ray-address to start a local instance",
-            exit_code=1,
-        ) from None
+        raise FetchRLError(f"cannot connect to {where}: {type(err).__name__}: {str(err).rstrip('.')}. "
+                           f"{CONNECT_HINT}", exit_code=1) from None
+    node_ip = str(ctx.address_info.get("node_ip_address", "")) if address is None else ""
+    if address is None and not _is_loopback(node_ip):
+        ray.shutdown()
+        raise FetchRLError(f"the local Ray instance would listen on {node_ip}, not on 127.0.0.1 (whoever "
+                           f"reaches it could run code): Ray was imported before fetchrl could set "
+                           f"{LOOPBACK_ENV[0]}=0; set it before Python starts, or start Ray yourself", exit_code=1)
     return True
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _slots(ray: Any, workers: int, cpus_per_trial: int) -> int:
@@ -173,8 +260,9 @@ def make_ray_runner(ray_address: str | None = None, *, cpus_per_trial: int = 1) 
     """A sweep runner with one Ray task per trial.
 
     Args:
-        ray_address: ``None`` starts a local Ray instance (unless Ray is already initialised in this
-            process, e.g. by a test's ``ray.init(num_cpus=2)``; then that one is used); ``"auto"``
+        ray_address: ``None`` starts a local Ray instance, bound to 127.0.0.1 with no dashboard
+            (unless Ray is already initialised in this process, e.g. by a test's
+            ``ray.init(num_cpus=2)``; then that one is used); ``"auto"``
             joins the cluster started on this machine by ``ray start``; ``"HOST:PORT"`` (or
             ``"ray://HOST:10001"``) a remote one. Every node needs this project installed with the
             same versions (``pip install -c constraints.txt '.[ray]'``).
@@ -182,13 +270,13 @@ def make_ray_runner(ray_address: str | None = None, *, cpus_per_trial: int = 1) 
 
     Raises FetchRLError at once when Ray is not installed.
     """
-    import_ray()
+    import_ray(loopback=ray_address is None)
     if cpus_per_trial < 1:
         raise FetchRLError(f"cpus_per_trial must be >= 1, got {cpus_per_trial}")
 
     def run_ray(trials: Sequence[Trial], workers: int, progress: SweepProgress) -> list[TrialOutcome]:
         ray = import_ray()
-        started_here = _connect(ray, ray_address)
+        started_here = connect(ray, ray_address)
         task = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(run_trial_task)
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
         ledger = TrialLedger(trials, progress)
