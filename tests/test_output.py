@@ -87,6 +87,19 @@ def test_single_seed_multi_seed_says_no_spread_was_measured(tmp_path: Path) -> N
     assert "None" not in out
 
 
+def test_all_log_has_whole_criteria_rows_and_paths(tmp_path: Path) -> None:
+    root = _deep_root(tmp_path)
+    proc = _run(["all", "--no-video", "--root", str(root), *SHORT])
+    assert proc.returncode in (0, 1), proc.stderr  # a 1,024-step run may well fail the criteria
+    out = proc.stdout
+    assert ELLIPSIS not in out
+    rows = {row[0]: row for row in _table_rows(out)}
+    assert {"success rate", "mean return", "final distance (m)"} <= set(rows), out  # at 80 columns: "final" / "distance (m)"
+    for name in ("report", "curves", "HTML report"):
+        _path_line(out, name)
+    assert not any(line.endswith(": None") for line in out.splitlines())
+
+
 def test_check_env_table_is_not_wrapped_in_a_log() -> None:
     proc = _run(["check-env"])
     assert proc.returncode == 0, proc.stderr
