@@ -349,9 +349,9 @@ def test_signal_stops_a_real_training_process(sig: int, reference: RunPaths, tmp
         return
     # The printed command resumes (here with a smaller --total-steps, to keep the test short).
     command = shlex.split(err.split("resume with: ")[1].splitlines()[0])
-    assert command[:3] == ["scripts/ch02_ppo_dense_reach.py", "train", "--resume"]
+    assert command[:4] == ["python", "scripts/ch02_ppo_dense_reach.py", "train", "--resume"]
     total = max(SMALL.total_steps, meta.num_timesteps + ROLLOUT)
-    argv = command[1:]
+    argv = command[2:]
     argv[argv.index("--total-steps") + 1] = str(total)
     assert main([*argv, "--no-progress"]) == 0
     assert TrainMeta.from_json(paths.meta).complete

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fetchrl import portable
 from fetchrl.algos.base import Bounds, field_docs, flag_name
@@ -29,6 +29,9 @@ from fetchrl.chapters.base import Chapter
 from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
 from fetchrl.runtime import Runtime
+
+if TYPE_CHECKING:  # heavy (torch, SB3): imported where it is used
+    from fetchrl.pipeline.train import CommandLine
 
 
 class _Parser(argparse.ArgumentParser):
@@ -176,8 +179,16 @@ def cmd_check_env(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _command_line(args: argparse.Namespace) -> CommandLine:
+    """The chapter's script and defaults, for the commands training prints (pipeline.train.CommandLine)."""
+    from fetchrl.pipeline.train import CommandLine
+
+    chapter = _chapter(args)
+    return CommandLine(chapter.script, chapter.defaults)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from fetchrl.pipeline.train import train
+    from fetchrl.pipeline.train import summary, train
     from fetchrl.tasks import checkenv
 
     config, runtime = _train_config(args), _runtime(args)
@@ -185,8 +196,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
     paths = _paths(args)
     meta = train(config, paths, progress=not args.no_progress, resume=args.resume, force=args.force,
-                 checkpoint_every=args.checkpoint_every, runtime=runtime)
-    print(f"trained {meta.num_timesteps} steps in {meta.wall_time_s:.1f} s ({meta.steps_per_second:.0f} steps/s)")
+                 checkpoint_every=args.checkpoint_every, runtime=runtime, command=_command_line(args))
+    print(summary(meta))
     print(f"checkpoint: {paths.checkpoint}\nmetadata:   {paths.meta}\ntensorboard: {paths.tb_dir}")
     return 0
 
@@ -214,7 +225,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     from fetchrl.workflows import run_all
 
     return run_all(_train_config(args), _eval_config(args), _paths(args), progress=not args.no_progress,
-                   video=not args.no_video, resume=args.resume)
+                   video=not args.no_video, resume=args.resume, command=_command_line(args))
 
 
 def cmd_multi_seed(args: argparse.Namespace) -> int:
@@ -286,7 +297,9 @@ def _words(chapter: Chapter) -> dict[str, str]:
 
 def _train_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--resume", action="store_true", help="continue this seed's checkpoint up to --total-steps")
-    p.add_argument("--force", action="store_true", help="resume even if hyper-parameters or versions differ")
+    p.add_argument("--force", action="store_true",
+                   help="train over this seed's finished run (kept until the new run completes); with --resume: "
+                        "resume even if hyper-parameters or versions differ")
     p.add_argument("--checkpoint-every", type=_positive_int, default=0, metavar="STEPS",
                    help="also checkpoint at the first rollout boundary after every STEPS steps (default: "
                         "only at the end and on Ctrl-C/SIGTERM)")
@@ -295,7 +308,8 @@ def _train_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
 def _all_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--no-video", action="store_true", help="skip the GIF (and its HTML section)")
     p.add_argument("--resume", action="store_true",
-                   help="continue this seed's interrupted training (as train --resume), then evaluate and report")
+                   help="continue this seed's interrupted training (as train --resume; nothing to train when it "
+                        "finished), then evaluate and report")
 
 
 def _ablate_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -17,6 +17,9 @@ from fetchrl.config import EvalConfig, TrainConfig
 from fetchrl.console import NOT_MEASURED, make_console, mean_pm_std, new_table
 from fetchrl.errors import FetchRLError
 from fetchrl.runtime import Runtime
+
+if TYPE_CHECKING:  # heavy (torch, SB3): imported where it is used
+    from fetchrl.pipeline.train import CommandLine
 
 console = make_console()
 
@@ -69,21 +72,30 @@ def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Any | None = None,
 
 
 def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, progress: bool = True,
-            video: bool = True, resume: bool = False) -> int:
-    """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report."""
+            video: bool = True, resume: bool = False, command: CommandLine | None = None) -> int:
+    """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report.
+
+    ``resume``: continue an interrupted training (``train --resume``); when the seed's run of exactly
+    ``config`` already finished (e.g. ``all`` died during evaluation), go straight to evaluation.
+    ``command``: the chapter's :class:`fetchrl.pipeline.train.CommandLine` (default chapter 2's).
+    """
     from fetchrl.analysis.html_report import write_html_report
     from fetchrl.analysis.plots import plot_run
     from fetchrl.pipeline.evaluate import evaluate
     from fetchrl.pipeline.setup import runtime_for
-    from fetchrl.pipeline.train import train
+    from fetchrl.pipeline.train import SCRIPT, finished_run, summary, train
     from fetchrl.tasks import checkenv
 
     runtime = runtime_for(config)  # the env path of every stage below
     if not checkenv.print_checks(config.env_id, checkenv.run_checks(runtime)):
         raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
-    meta = train(config, paths, progress=progress, resume=resume, runtime=runtime)
-    console.print(f"trained {meta.num_timesteps} steps in {meta.wall_time_s:.1f} s "
-                  f"({meta.steps_per_second:.0f} steps/s) -> {paths.checkpoint}")
+    done = finished_run(config, paths) if resume else None
+    if done is not None:
+        meta = done
+        console.print(f"training already finished: {summary(meta)} -> {paths.checkpoint}")
+    else:
+        meta = train(config, paths, progress=progress, resume=resume, runtime=runtime, command=command or SCRIPT)
+        console.print(f"{summary(meta)} -> {paths.checkpoint}")
     result = evaluate(paths, eval_config, runtime, device=config.device, progress=progress)
     console.print(f"evaluated {result.n_episodes} episodes in {result.eval_seconds:.1f} s -> {paths.eval_json}")
     diagnosis = _diagnosis_or_none(paths)
@@ -97,7 +109,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
         gif = record_video(paths, runtime, device=config.device)[0]
     html = write_html_report(paths, result=result, baselines=baselines, meta=meta, diagnosis=diagnosis,
                              curves_png=curves, gif=gif)
-    print_outputs({"curves": curves} | ({"video": gif} if video else {}) | {"HTML report": html})
+    console.print(f"curves: {curves}" + (f"\nvideo: {gif}" if gif else "") + f"\nHTML report: {html}")
     return code
 
 
