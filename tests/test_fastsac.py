@@ -8,7 +8,9 @@ tolerance. No timing assertions: the speed-up is measured by bench/bench_sac.py.
 
 from __future__ import annotations
 
+import pickle
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,10 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from fetchrl.algos.fastsac import FastSAC, FlatDictReplayBuffer, LeanSAC
+from fetchrl.algos.sac import SAC as SAC_ALGORITHM
+from fetchrl.algos.sac import SACConfig
+from fetchrl.chapters import CH03
+from fetchrl.pipeline.train import train
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 from fetchrl.vecenv import factory
@@ -88,7 +94,7 @@ def _assert_same_state(ref: Any, fast: Any) -> None:
     assert list(ref.ep_success_buffer) == list(fast.ep_success_buffer)
 
 
-def _assert_same_optimizer(ref: torch.optim.Optimizer, fast: torch.optim.Optimizer) -> None:
+def _assert_same_optimizer(ref: Any, fast: Any) -> None:
     a, b = ref.state_dict(), fast.state_dict()
     assert a["param_groups"] == b["param_groups"]
     assert a["state"].keys() == b["state"].keys() and a["state"]
@@ -187,3 +193,28 @@ def test_unsupported_settings_fall_back_to_sb3_and_still_match() -> None:
     assert LeanSAC.of(fast.policy) is None
     _assert_same_state(ref, fast)
     _assert_same_logs(logged_ref, logged_fast)
+
+
+def test_chapter_3s_fast_path_is_fastsac_and_trains_what_the_reference_path_trains(tmp_path: Path) -> None:
+    """Through the pipeline (its callbacks, checkpoint and replay-buffer files): the fast path builds
+    FastSAC, and its checkpoint and buffer equal the reference path's (plain SB3 SAC)."""
+    assert SAC_ALGORITHM.model_class(fast=True) is FastSAC
+    torch.set_num_threads(1)
+    config = CH03.defaults.replace(total_steps=1000, n_envs=2, fast_env=True,
+                                   algo=SACConfig(learning_starts=500, buffer_size=5000, batch_size=64))
+    states = []
+    for fast in (True, False):
+        paths = CH03.paths(ENV_ID, 0, tmp_path / str(fast))
+        train(config.replace(fast_env=fast), paths, progress=False)
+        model = SAC.load(paths.checkpoint, device="cpu")
+        buffer = pickle.loads(paths.replay_buffer.read_bytes())
+        assert isinstance(buffer, FlatDictReplayBuffer) == fast
+        states.append((model, buffer))
+    (fast_model, fast_buf), (ref_model, ref_buf) = states
+    assert fast_model.num_timesteps == ref_model.num_timesteps == 1000
+    _assert_same_buffer(ref_buf, fast_buf)
+    for key, value in ref_model.policy.state_dict().items():
+        assert torch.equal(value, fast_model.policy.state_dict()[key]), key
+    for name in ("actor", "critic"):
+        _assert_same_optimizer(getattr(ref_model, name).optimizer, getattr(fast_model, name).optimizer)
+    _assert_same_optimizer(ref_model.ent_coef_optimizer, fast_model.ent_coef_optimizer)
