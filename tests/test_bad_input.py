@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
-from fetchrl.artifacts import RunPaths
+from fetchrl.algos.base import MAX_EVAL_EPISODES, MAX_ROLLOUT, MAX_SEED, RUN_BOUNDS
+from fetchrl.artifacts import EpisodeRecord, EvalResult, RunPaths, aggregate_episodes
 from fetchrl.cli import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ch02_ppo_dense_reach.py"
@@ -38,6 +40,7 @@ SWEEPERS = ("multi-seed", "ablate", "sweep")
 REQUIRED = {"sweep": ["--grid", "clip_range=0.2"]}
 USAGE = 2
 POSITIVE = "expected a positive integer"
+HAS_GPU = torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,62 @@ def _eval_json_missing_fields(root: Path) -> None:
     path = root / PATHS.eval_json
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"created_at": "2026-01-01T00:00:00+00:00", "algo": "ppo", "env_id": ENV_ID}))
+
+
+def _valid_eval(n: int = 4) -> dict[str, object]:
+    """An eval JSON every check accepts (FetchReachDense-v4: returns in [-250, 0], 50 steps, rows = aggregate)."""
+    rows = [EpisodeRecord(seed=1_000_000 + i, return_=-7.0 + 0.5 * i, length=50, success=i % 2 == 0,
+                          final_distance=0.01 + 0.02 * i, time_to_success=10 if i % 2 == 0 else None,
+                          action_smoothness=0.01, action_max_abs=0.5) for i in range(n)]
+    return EvalResult(created_at="2026-01-01T00:00:00+00:00", algo="ppo", env_id=ENV_ID,
+                      checkpoint=str(PATHS.checkpoint), device="cpu", n_episodes=n, seeds=[r.seed for r in rows],
+                      deterministic=True, aggregate=aggregate_episodes(rows), per_episode=rows, versions={},
+                      checkpoint_sha256="0" * 64).to_dict()
+
+
+def _bad_eval(change: Callable[[dict], None]) -> Callable[[Path], None]:  # type: ignore[type-arg]
+    """Writes the valid eval JSON with ``change`` applied (NaN written as JSON's NaN, as Python's json reads it)."""
+
+    def setup(root: Path) -> None:
+        data = _valid_eval()
+        change(data)
+        path = root / PATHS.eval_json
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    return setup
+
+
+def _stale_pair(root: Path) -> None:
+    """An eval JSON recording one checkpoint digest beside a checkpoint with another (the seed was retrained)."""
+    _bad_eval(lambda d: None)(root)
+    ckpt = root / PATHS.checkpoint
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"the weights of a later training run")
+
+
+#: Issue class 4: impossible values in an eval JSON are refused at load, naming the file and the value.
+BAD_EVALS: dict[str, tuple[Callable[[dict], None], str]] = {  # type: ignore[type-arg]
+    "success-rate-word": (lambda d: d["aggregate"].update(success_rate="high"),
+                          r"aggregate\.success_rate must be a finite number in \[0, 1\], got 'high'"),
+    "success-rate-nan": (lambda d: d["aggregate"].update(success_rate=float("nan")),
+                         r"aggregate\.success_rate must be a finite number in \[0, 1\], got nan"),
+    "success-rate-null": (lambda d: d["aggregate"].update(success_rate=None), r"aggregate\.success_rate .* got None"),
+    "success-rate-1.5": (lambda d: d["aggregate"].update(success_rate=1.5), r"aggregate\.success_rate .* got 1\.5"),
+    "negative-distance": (lambda d: d["aggregate"].update(final_distance_mean=-5),
+                          r"aggregate\.final_distance_mean must be a finite number in \[0, 5\], got -5"),
+    "return-1e9": (lambda d: d["aggregate"].update(return_mean=1e9),
+                   r"aggregate\.return_mean must be a finite number in \[-250, 0\], got 1000000000\.0"),
+    "return-inf": (lambda d: d["aggregate"].update(return_mean=float("-inf")), r"aggregate\.return_mean .* got -inf"),
+    "aggregate-disagrees": (lambda d: d["aggregate"].update(return_mean=-1.0),
+                            r"aggregate\.return_mean = -1\.0 disagrees with its per_episode rows \(which give -6\.25\)"),
+    "row-negative-distance": (lambda d: d["per_episode"][2].update(final_distance=-0.1),
+                              r"per_episode\[2\]\.final_distance must be a finite number in \[0, 5\], got -0\.1"),
+    "row-too-long": (lambda d: d["per_episode"][1].update(length=51), r"per_episode\[1\]\.length must be an integer <= 50"),
+    "row-success-word": (lambda d: d["per_episode"][0].update(success="yes"), r"per_episode\[0\]\.success must be true"),
+    "row-seed": (lambda d: d["per_episode"][3].update(seed=5), r"per_episode\[3\]\.seed 5 is not seeds\[3\] = 1000003"),
+    "n-episodes": (lambda d: d.update(n_episodes=100), r"n_episodes is 100 but there are 4 per_episode rows and 4 seeds"),
+}
 
 
 def _empty_logdir(root: Path) -> None:
@@ -108,6 +167,69 @@ def _usage_cases() -> list[Case]:
         [(cmd, "--seeds") for cmd in (*SWEEPERS, "plot")]
     for cmd, flag in counts:
         cases += [Case(f"{cmd}{flag}={v}", _cmd(cmd, flag, v), rf"{flag}: {POSITIVE}") for v in ("abc", "0", "-3")]
+    return cases + _bound_cases(counts) + _task_cases()
+
+
+def _bound_cases(counts: list[tuple[str, str]]) -> list[Case]:
+    """Issue classes 2 and 3: every count has an upper end, seeds stay numpy's, --device is one torch can use,
+    and every hyper-parameter follows one rule (fetchrl.algos.base); each refused before any work."""
+    cases = []
+    for cmd in SUBCOMMANDS:
+        cases += [Case(f"{cmd}-seed={v}", _cmd(cmd, "--seed", v), rf"--seed: expected an integer <= {MAX_SEED}, got {v}")
+                  for v in ("99999999999", str(MAX_SEED + 1))]
+        cases.append(Case(f"{cmd}-seed=10**60", _cmd(cmd, "--seed", "1" + "0" * 60),
+                          rf"--seed: expected an integer <= {MAX_SEED}, got 100000000000\.\.\. \(61 digits\)"))
+        cases.append(Case(f"{cmd}-device=gpu", _cmd(cmd, "--device", "gpu"),
+                          r"--device: expected cpu, cuda, cuda:N, mps or auto, got 'gpu'"))
+        if not HAS_GPU:  # SB3 would train on the CPU without a word
+            cases += [Case(f"{cmd}-device={v}", _cmd(cmd, "--device", v), rf"--device {v}: torch .* sees no CUDA GPU")
+                      for v in ("cuda", "cuda:5")]
+        if not torch.backends.mps.is_available():
+            cases.append(Case(f"{cmd}-device=mps", _cmd(cmd, "--device", "mps"), r"--device mps: torch has no Apple MPS"))
+    for cmd in TRAINERS:
+        cases += [
+            # env i is seeded seed + i: the last of the 8 envs would be past 2**32 - 1 (numpy's ValueError)
+            Case(f"{cmd}-seed-span", _cmd(cmd, "--seed", str(MAX_SEED - 3)),
+                 rf"--seed {MAX_SEED - 3} with --n-envs 8 seeds envs up to {MAX_SEED + 4}, past 2\*\*32 - 1; "
+                 rf"use --seed <= {MAX_SEED - 7}"),
+            Case(f"{cmd}-total-steps=10**10", _cmd(cmd, "--total-steps", str(10**10)),
+                 r"--total-steps: expected an integer <= 1000000000, got 10000000000"),
+            Case(f"{cmd}-n-envs=1000", _cmd(cmd, "--n-envs", "1000"), r"--n-envs: expected an integer <= 256, got 1000"),
+            Case(f"{cmd}-max-grad-norm=0", _cmd(cmd, "--max-grad-norm", "0"),
+                 r"--max-grad-norm: max grad norm must be > 0, got 0.0"),
+            Case(f"{cmd}-vf-coef=-1", _cmd(cmd, "--vf-coef", "-1"), r"--vf-coef: vf coef must be >= 0, got -1.0"),
+            Case(f"{cmd}-ent-coef=nan", _cmd(cmd, "--ent-coef", "nan"), r"--ent-coef: ent coef must be >= 0, got nan"),
+            Case(f"{cmd}-n-epochs=0", _cmd(cmd, "--n-epochs", "0"), r"--n-epochs: expected a positive integer, got 0"),
+            Case(f"{cmd}-batch-size=3", _cmd(cmd, "--batch-size", "3"),
+                 r"--batch-size 3 must divide the rollout \(n_steps \* n_envs = 8192\) so every minibatch is full; "
+                 r"e\.g\. --batch-size 2"),
+            Case(f"{cmd}-batch-size=1", _cmd(cmd, "--batch-size", "1"), r"--batch-size must be >= 2 .*, got 1"),
+            Case(f"{cmd}-rollout-too-large", _cmd(cmd, "--n-steps", "1000000"),
+                 rf"a rollout of n_steps \* n_envs = 8000000 transitions is more than {MAX_ROLLOUT}"),
+        ]
+    cases.append(Case("train-checkpoint-every=10**10", ("train", "--checkpoint-every", str(10**10)),
+                      r"--checkpoint-every: expected an integer <= 1000000000"))
+    cases.append(Case("sweep-grid-max-grad-norm=0", ("sweep", "--grid", "max_grad_norm=0.5,0"),
+                      r"--max-grad-norm must be > 0, got 0.0"))
+    cases.append(Case("sweep-grid-batch-size=3", ("sweep", "--grid", "batch_size=3"),
+                      r"--batch-size 3 must divide the rollout"))
+    for cmd, flag in counts:
+        high = f"{RUN_BOUNDS[flag[2:].replace('-', '_')].high:.0f}" if flag != "--n-eval-episodes" else \
+            str(MAX_EVAL_EPISODES)
+        big = "99999999999999"  # the issue's: 24 GB resident before the OOM killer, no message
+        cases.append(Case(f"{cmd}{flag}={big}", _cmd(cmd, flag, big), rf"{flag}: expected an integer <= {high}, got {big}"))
+    for cmd in SWEEPERS:
+        cases.append(Case(f"{cmd}-workers=1000", _cmd(cmd, "--workers", "1000"),
+                          r"--workers: expected an integer <= 256, got 1000"))
+    return cases
+
+
+def _task_cases() -> list[Case]:
+    """A registered id that is not a Fetch task: check-env's verdict, never an AttributeError from deep inside."""
+    cases = []
+    for env_id in ("CartPole-v1", "Pendulum-v1"):  # Discrete actions; a Box observation
+        cases += [Case(f"{cmd}-{env_id}", _cmd(cmd, "--env-id", env_id), rf"check-env failed for {env_id}", code=1)
+                  for cmd in TRAINERS]
     return cases
 
 
@@ -128,6 +250,11 @@ def _file_cases() -> list[Case]:
         Case("report-missing-eval-json", ("report",), r"eval JSON not found: .*seed0_eval\.json"),
         Case("report-eval-json-missing-fields", ("report",),
              r"eval JSON .*seed0_eval\.json is missing field\(s\): aggregate, checkpoint", setup=_eval_json_missing_fields),
+        *(Case(f"report-eval-{name}", ("report",), r"eval JSON .*seed0_eval\.json is invalid: " + message,
+               setup=_bad_eval(change)) for name, (change, message) in BAD_EVALS.items()),
+        Case("report-stale-eval", ("report",), r".*seed0_eval\.json was made from another checkpoint than "
+             r".*ppo_FetchReachDense-v4_seed0\.zip \(sha256 000000000000; now [0-9a-f]{12}\): the seed was retrained "
+             r"since; run `eval --seed 0 --root .*` first", setup=_stale_pair),
         Case("diagnose-logdir-without-events", ("diagnose", "--logdir", "{root}/" + str(PATHS.tb_dir)),
              r"no TensorBoard event files .* in .*seed0", setup=_empty_logdir),
         Case("plot-logdir-without-events", ("plot",), r"no TensorBoard event files .* in .*seed0",
@@ -191,13 +318,72 @@ def test_matrix_covers_every_subcommand() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == set(SUBCOMMANDS)  # type: ignore[arg-type]
     for cmd in SUBCOMMANDS:
-        assert {f"{cmd}-unknown-flag", f"{cmd}-unknown-env-id"} <= {c.id for c in CASES}
+        assert {f"{cmd}-unknown-flag", f"{cmd}-unknown-env-id", f"{cmd}-seed=99999999999", f"{cmd}-device=gpu"} <= \
+            {c.id for c in CASES}
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_check_env_on_a_task_that_is_not_fetch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-env's own job: FAIL rows on stdout and exit 1 (no stderr line), never an AttributeError."""
+    code = _run_in_process(["check-env", "--env-id", "CartPole-v1", "--root", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 1 and err == "", err
+    assert "Discrete(2) is not a Box" in out and "FAIL" in out and "PASS" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def _chapter_cases(chapter_id: str) -> list[Case]:
+    """The run-level bounds on every command of one chapter's script (its hyper-parameters are its own)."""
+    from fetchrl.chapters import CHAPTERS
+    from fetchrl.cli import COMMANDS
+
+    cases = []
+    for cmd in CHAPTERS[chapter_id].commands:
+        options = COMMANDS[cmd].options
+        cases += [Case(f"{chapter_id}-{cmd}-seed=2**32", _cmd(cmd, "--seed", str(MAX_SEED + 1)),
+                       rf"--seed: expected an integer <= {MAX_SEED}"),
+                  Case(f"{chapter_id}-{cmd}-device=gpu", _cmd(cmd, "--device", "gpu"), r"--device: expected cpu, cuda")]
+        if not HAS_GPU:
+            cases.append(Case(f"{chapter_id}-{cmd}-device=cuda", _cmd(cmd, "--device", "cuda"), r"sees no CUDA GPU"))
+        if "train" in options:
+            cases += [Case(f"{chapter_id}-{cmd}-seed-span", _cmd(cmd, "--seed", str(MAX_SEED), "--n-envs", "2"),
+                           rf"--seed {MAX_SEED} with --n-envs 2 seeds envs up to {MAX_SEED + 1}"),
+                      Case(f"{chapter_id}-{cmd}-total-steps=10**10", _cmd(cmd, "--total-steps", str(10**10)),
+                           r"--total-steps: expected an integer <= 1000000000")]
+        if "eval" in options:
+            cases.append(Case(f"{chapter_id}-{cmd}-n-eval-episodes=10**14", _cmd(cmd, "--n-eval-episodes", str(10**14)),
+                              rf"--n-eval-episodes: expected an integer <= {MAX_EVAL_EPISODES}"))
+    return cases
+
+
+def _chapter_ids() -> list[str]:
+    from fetchrl.chapters import CHAPTERS
+
+    return list(CHAPTERS)
+
+
+CHAPTER_CASES = [(chapter_id, case) for chapter_id in _chapter_ids() for case in _chapter_cases(chapter_id)]
+
+
+@pytest.mark.parametrize(("chapter_id", "case"), CHAPTER_CASES, ids=[c.id for _, c in CHAPTER_CASES])
+def test_bad_input_every_chapter(chapter_id: str, case: Case, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Every chapter script inherits the shared bounds: the same refusal on each of its commands."""
+    from fetchrl.chapters import CHAPTERS
+
+    argv, before = _prepare(case, tmp_path)
+    try:
+        code = main(argv, CHAPTERS[chapter_id])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    _check(case, code, capsys.readouterr().err, before, tmp_path)
 
 
 #: A representative few through the real script: usage error, bad number, corrupt file, unwritable root,
 #: an unknown env id stopped before multi-seed starts any worker process.
 SUBPROCESS_CASES = ("unknown-subcommand", "train--total-steps=0", "eval-corrupt-checkpoint",
-                    "train-root-under-a-file", "multi-seed-unknown-env-id")
+                    "train-root-under-a-file", "multi-seed-unknown-env-id", "train-seed=4294967296",
+                    "eval--n-eval-episodes=99999999999999", "train-CartPole-v1", "report-eval-success-rate-word")
 
 
 @pytest.mark.parametrize("case_id", SUBPROCESS_CASES)

@@ -14,7 +14,7 @@ import pytest
 from fetchrl import artifacts
 from fetchrl.algos.base import UNIT_CLOSED, AlgoConfig, Algorithm, Bounds, field_docs, hyperparameter
 from fetchrl.algos.ppo import PPO, PPOConfig
-from fetchrl.artifacts import AGGREGATE_FIELDS, ArtifactNames, EvalResult, RunPaths, now_iso
+from fetchrl.artifacts import ArtifactNames, EvalResult, RunPaths, now_iso
 from fetchrl.chapters import CHAPTERS
 from fetchrl.chapters.base import Ablation, Chapter
 from fetchrl.chapters.ch02 import CHAPTER as CH02
@@ -213,7 +213,10 @@ def _subparser(parser: object, name: str) -> object:
 
 
 def _eval_result(*, success: float, ret: float, distance: float) -> EvalResult:
-    aggregate = dict.fromkeys(AGGREGATE_FIELDS, 0.0) | {
-        "success_rate": success, "return_mean": ret, "final_distance_mean": distance, "ep_len_mean": 50.0}
+    """Two episodes with ``ret`` and ``distance`` (rows and aggregate agree, as a loaded eval JSON must;
+    a ``success`` other than 0 or 1 is set on the aggregate only, for check_criteria)."""
+    rows = [artifacts.EpisodeRecord(seed, ret, 50, success == 1.0, distance, 1 if success == 1.0 else None, 0.0, 0.0)
+            for seed in (1_000_000, 1_000_001)]
+    aggregate = artifacts.aggregate_episodes(rows) | {"success_rate": success}
     return EvalResult(now_iso(), "ppo", ENV_ID, "checkpoints/x.zip", "cpu", 2, [1_000_000, 1_000_001], True,
-                      aggregate, [], {})
+                      aggregate, rows, {})

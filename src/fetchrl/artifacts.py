@@ -15,18 +15,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
 import platform
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fetchrl.config import ALGO
+from fetchrl.algos.base import NON_NEGATIVE, POSITIVE_INT, RUN_BOUNDS, UNIT_CLOSED, Bounds
+from fetchrl.config import ALGO, DEFAULT_ENV_ID
 from fetchrl.errors import FetchRLError
+from fetchrl.runtime import FAST_ENVS
 
 T = TypeVar("T")
 
@@ -303,7 +307,26 @@ class TrainMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: Path, what: str = "checkpoint metadata") -> TrainMeta:
-        return _from_dict(cls, data, path, what)
+        """The metadata in ``data``; FetchRLError naming ``path`` for a missing field or an impossible value."""
+        meta = _from_dict(cls, data, path, what)
+        problem = meta.problem()
+        if problem is not None:
+            raise FetchRLError(f"{what} {path} is invalid: {problem}; retrain it or restore the file")
+        return meta
+
+    def problem(self) -> str | None:
+        """The first impossible value (wrong type, negative count, seed numpy refuses), or None."""
+        numbers = (("seed", RUN_BOUNDS["seed"]), ("n_envs", POSITIVE_INT), ("total_steps", POSITIVE_INT),
+                   ("num_timesteps", _COUNT), ("wall_time_s", NON_NEGATIVE), ("steps_per_second", NON_NEGATIVE))
+        for name, bounds in numbers:
+            problem = _number_problem(name, getattr(self, name), bounds)
+            if problem is not None:
+                return problem
+        for name, kind in (("created_at", str), ("algo", str), ("env_id", str), ("device", str),
+                           ("hyperparameters", dict), ("versions", dict), ("complete", bool)):
+            if not isinstance(getattr(self, name), kind):
+                return f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}"
+        return None
 
     @classmethod
     def from_json(cls, path: Path) -> TrainMeta:
@@ -340,6 +363,102 @@ class EpisodeRecord:
         d = dict(d)
         d["return_"] = d.pop("return")
         return cls(**d)
+
+    def problem(self, limits: EpisodeLimits | None = None) -> str | None:
+        """The first value no episode can have (``limits``: the task's, when known), or None."""
+        max_steps = limits.max_steps if limits is not None else math.inf
+        distance = limits.distance if limits is not None else NON_NEGATIVE
+        numbers = (("seed", RUN_BOUNDS["seed"]), ("return", limits.returns if limits is not None else _FINITE),
+                   ("length", Bounds(low=1, high=max_steps, integer=True)), ("final_distance", distance),
+                   ("action_smoothness", NON_NEGATIVE), ("action_max_abs", NON_NEGATIVE))
+        for name, bounds in numbers:
+            problem = _number_problem(name, getattr(self, "return_" if name == "return" else name), bounds)
+            if problem is not None:
+                return problem
+        if not isinstance(self.success, bool):
+            return f"success must be true or false, got {self.success!r}"
+        if self.time_to_success is not None:
+            return _number_problem("time_to_success", self.time_to_success,
+                                   Bounds(low=1, high=self.length, integer=True))
+        if self.success:
+            return "success is true but time_to_success is null (a success is first reached at some step)"
+        return None
+
+
+# ============================================================================ validation on load
+#: Any finite number.
+_FINITE = Bounds()
+#: An integer >= 0.
+_COUNT = Bounds(low=0, integer=True)
+#: A generous bound on any goal distance in a Fetch scene, in metres: the table is about 1 m across and
+#: the arm reaches about 1 m; an object pushed off the table lands well within it. A Fetch task's dense
+#: reward is minus this distance at every step.
+FETCH_MAX_DISTANCE = 5.0
+#: Relative tolerance between an eval JSON's ``aggregate`` and the one recomputed from its rows: both
+#: are written by :func:`aggregate_episodes`, so only a hand edit (or another writer) differs by more.
+AGGREGATE_RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class EpisodeLimits:
+    """What one episode of a task can produce, read from its registered Gymnasium spec."""
+
+    max_steps: int
+    """``max_episode_steps``: the TimeLimit truncates every episode there (Fetch: 50; it never terminates)."""
+    reward_type: str | None
+    """A Fetch task's ``"dense"`` (minus the goal distance each step) or ``"sparse"`` (-1 or 0 each step)
+    reward; None for another task, whose returns and distances are only required to be finite."""
+
+    @property
+    def returns(self) -> Bounds:
+        """Returns an episode can have: dense [-FETCH_MAX_DISTANCE * max_steps, 0], sparse [-max_steps, 0]."""
+        if self.reward_type == "dense":
+            return Bounds(low=-FETCH_MAX_DISTANCE * self.max_steps, high=0)
+        if self.reward_type == "sparse":
+            return Bounds(low=-self.max_steps, high=0)
+        return _FINITE
+
+    @property
+    def distance(self) -> Bounds:
+        """Goal distances an episode can end at, in metres."""
+        return Bounds(low=0, high=FETCH_MAX_DISTANCE) if self.reward_type is not None else NON_NEGATIVE
+
+
+def episode_limits(env_id: str) -> EpisodeLimits | None:
+    """``env_id``'s :class:`EpisodeLimits` from Gymnasium's registry; None when it is not registered in
+    this process (``fetchrl.tasks.envs.register_envs`` registers Fetch; every command that builds an env,
+    ``report`` included, has run it before reading an eval JSON) or has no episode limit."""
+    gym = sys.modules.get("gymnasium")  # not imported: nothing can have registered the id either
+    spec = gym.registry.get(env_id) if gym is not None else None
+    if spec is None or not spec.max_episode_steps:
+        return None
+    reward_type = None
+    if env_id.startswith("Fetch"):  # other goal tasks (PointMaze: exp(-d)) reward distances otherwise
+        reward_type = FAST_ENVS.get(env_id) or spec.kwargs.get("reward_type")
+    return EpisodeLimits(int(spec.max_episode_steps), reward_type if reward_type in ("dense", "sparse") else None)
+
+
+def _number_problem(name: str, value: object, bounds: Bounds) -> str | None:
+    """``"<name> must be a number in [0, 1], got nan"`` when ``value`` is outside ``bounds``, else None."""
+    if bounds.contains(value):
+        return None
+    kind = bounds.refusal(value) if bounds.integer else \
+        "a finite number" + ("" if bounds == _FINITE else f" {bounds.describe()}")
+    return f"{name} must be {kind}, got {value!r}"
+
+
+AGGREGATE_BOUNDS: dict[str, Bounds] = {
+    "success_rate": UNIT_CLOSED,
+    "return_mean": _FINITE,
+    "return_std": NON_NEGATIVE,
+    "final_distance_mean": NON_NEGATIVE,
+    "final_distance_std": NON_NEGATIVE,
+    "ep_len_mean": Bounds(low=1),
+    "ep_len_std": NON_NEGATIVE,
+    "action_smoothness_mean": NON_NEGATIVE,
+    "action_max_abs_mean": NON_NEGATIVE,
+}
+"""What each ``aggregate`` value can be on any task (a task's limits narrow the return, distance and length)."""
 
 
 AGGREGATE_FIELDS = (
@@ -395,6 +514,11 @@ class EvalResult:
     policy: str = "trained"
     """trained | random | zero — the baselines the report shows beside the policy."""
     eval_seconds: float = 0.0
+    checkpoint_sha256: str = ""
+    """sha256 of the checkpoint zip evaluated; ``report`` refuses the pair when the checkpoint changed
+    since ("" for the baselines, and in eval JSONs written before fetchrl recorded it)."""
+    checkpoint_created_at: str = ""
+    """``created_at`` of that checkpoint's metadata: when the evaluated weights were written ("" if unknown)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -414,13 +538,88 @@ class EvalResult:
             raise FetchRLError(f"eval JSON {path} aggregate is missing field(s): {', '.join(missing)}")
         try:
             result.per_episode = [EpisodeRecord.from_dict(e) for e in data["per_episode"]]
-        except (TypeError, KeyError) as err:
+        except (TypeError, KeyError, AttributeError) as err:
             raise FetchRLError(f"eval JSON {path} has a malformed per_episode row ({err})") from None
+        problem = result.problem()
+        if problem is not None:
+            raise FetchRLError(f"eval JSON {path} is invalid: {problem}; evaluate again to rewrite it")
         return result
+
+    def problem(self) -> str | None:
+        """The first impossible value, or None. Checked: every aggregate value is a finite number in its
+        range (:data:`AGGREGATE_BOUNDS`, narrowed by the task's :func:`episode_limits` when registered),
+        every per-episode row is possible (:meth:`EpisodeRecord.problem`), the counts and seeds agree,
+        and the aggregate equals the one recomputed from the rows (relative tolerance :data:`AGGREGATE_RTOL`).
+        """
+        limits = episode_limits(self.env_id) if isinstance(self.env_id, str) else None
+        bounds = dict(AGGREGATE_BOUNDS)
+        if limits is not None:
+            bounds |= {"return_mean": limits.returns, "final_distance_mean": limits.distance,
+                       "ep_len_mean": Bounds(low=1, high=limits.max_steps)}
+        for name, value in self.aggregate.items():
+            problem = _number_problem(f"aggregate.{name}", value, bounds.get(name, _FINITE))
+            if problem is not None:
+                return problem
+        problem = _number_problem("n_episodes", self.n_episodes, POSITIVE_INT)
+        if problem is not None:
+            return problem
+        if len(self.per_episode) != self.n_episodes or not isinstance(self.seeds, list) \
+                or len(self.seeds) != self.n_episodes:
+            return (f"n_episodes is {self.n_episodes} but there are {len(self.per_episode)} per_episode rows and "
+                    f"{len(self.seeds) if isinstance(self.seeds, list) else self.seeds!r} seeds")
+        for i, (row, seed) in enumerate(zip(self.per_episode, self.seeds, strict=True)):
+            problem = row.problem(limits)
+            if problem is None and row.seed != seed:
+                problem = f"seed {row.seed} is not seeds[{i}] = {seed!r}"
+            if problem is not None:
+                return f"per_episode[{i}].{problem}"
+        recomputed = aggregate_episodes(self.per_episode)
+        for name, value in self.aggregate.items():
+            if name in recomputed and not math.isclose(value, recomputed[name], rel_tol=AGGREGATE_RTOL,
+                                                       abs_tol=1e-9):
+                return (f"aggregate.{name} = {value!r} disagrees with its per_episode rows "
+                        f"(which give {recomputed[name]!r})")
+        return None
 
     @classmethod
     def from_json(cls, path: Path) -> EvalResult:
         return cls.from_dict(read_json(path, "eval JSON"), path)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_eval_freshness(result: EvalResult, paths: RunPaths) -> str | None:
+    """Was ``paths.eval_json`` (read into ``result``) made from ``paths.checkpoint`` as it is on disk now?
+
+    Returns None when it was, and a one-line warning when that cannot be told (an eval JSON written
+    before fetchrl recorded the checkpoint's digest, or no checkpoint to compare with). Raises
+    FetchRLError (exit 2), naming both files and the command to run, when it was made from another
+    checkpoint: the seed was retrained after its evaluation.
+    """
+    if not result.checkpoint_sha256:
+        return (f"{paths.eval_json} records no checkpoint digest (written by an older fetchrl): cannot verify it "
+                f"was made from {paths.checkpoint}")
+    if not paths.checkpoint.is_file():
+        return f"{paths.checkpoint} is missing: cannot verify {paths.eval_json} was made from it"
+    try:
+        now = file_sha256(paths.checkpoint)
+    except OSError as err:
+        return f"cannot read {paths.checkpoint} ({err.strerror or err}): cannot verify {paths.eval_json}"
+    if now != result.checkpoint_sha256:
+        rerun = f"eval --seed {paths.seed}" + (f" --env-id {paths.env_id}" if paths.env_id != DEFAULT_ENV_ID else "") \
+            + (f" --root {paths.root}" if paths.root != Path(".") else "")
+        written = f", written {result.checkpoint_created_at}" if result.checkpoint_created_at else ""
+        raise FetchRLError(f"{paths.eval_json} was made from another checkpoint than {paths.checkpoint} "
+                           f"(sha256 {result.checkpoint_sha256[:12]}{written}; now {now[:12]}): the seed was "
+                           f"retrained since; run `{rerun}` first")
+    return None
 
 
 @dataclass

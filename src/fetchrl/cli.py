@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from fetchrl import portable
-from fetchrl.algos.base import Bounds, field_docs, flag_name
+from fetchrl.algos.base import MAX_EVAL_EPISODES, RUN_BOUNDS, Bounds, field_docs, flag_name
 from fetchrl.artifacts import RunPaths
 from fetchrl.chapters import CH02, CHAPTERS
 from fetchrl.chapters.base import Chapter
@@ -42,23 +42,29 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _int_at_least(minimum: int, expected: str) -> Callable[[str], int]:
-    """An argparse ``type`` accepting integers >= ``minimum``; ``expected`` words the error."""
+def _run_int(name: str) -> Callable[[str], int]:
+    """An argparse ``type`` for the run setting ``name``: the integers ``RUN_BOUNDS[name]`` accepts (the
+    ones TrainConfig accepts), refused in its words: "expected a positive integer, got 0"."""
+    bounds = RUN_BOUNDS[name]
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {bounds.refusal(None)}, got {text[:40]!r}") from None
+        if not bounds.contains(value):
+            shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:12]}... ({len(str(value))} digits)"
+            raise argparse.ArgumentTypeError(f"expected {bounds.refusal(value)}, got {shown}")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
+def _device(text: str) -> str:
+    """An argparse ``type`` for ``--device``: its form only; :func:`_resolve_device` asks torch."""
+    if text in ("cpu", "cuda", "mps", "auto") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N, mps or auto, got {text[:40]!r}")
 
 
 def _bounded(name: str, bounds: Bounds) -> Callable[[str], int | float]:
@@ -90,11 +96,14 @@ def _run_options(chapter: Chapter) -> _Parser:
     d = chapter.defaults
     p = _Parser(add_help=False)
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=_non_negative_int, default=d.seed, help=f"training seed (default {d.seed})")
+    g.add_argument("--seed", type=_run_int("seed"), default=d.seed,
+                   help=f"training seed, 0 .. 2**32 - 1 - (n_envs - 1) (default {d.seed})")
     g.add_argument("--env-id", default=d.env_id, help=f"Gymnasium id (default {d.env_id})")
     g.add_argument("--root", type=Path, default=Path("."),
                    help="directory holding checkpoints/, results/, runs/, videos/ (default .)")
-    g.add_argument("--device", default=d.device, help="cpu (default; SB3's advice for MLP PPO), cuda, auto")
+    g.add_argument("--device", type=_device, default=d.device,
+                   help="cpu (default; SB3's advice for MLP PPO), cuda, cuda:N, mps (refused when torch cannot use "
+                        "it), auto (cuda when available, else cpu)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--reference-env", action="store_true",
                    help="step Gymnasium-Robotics' own env instead of fetchrl's identical fast one")
@@ -116,7 +125,7 @@ def _train_options(chapter: Chapter) -> _Parser:
     p = _Parser(add_help=False)
     g = p.add_argument_group(f"{chapter.algorithm.title} (the chapter's defaults)")
     for name in ("total_steps", "n_envs"):
-        g.add_argument(flag_name(name), type=_positive_int, default=getattr(d, name),
+        g.add_argument(flag_name(name), type=_run_int(name), default=getattr(d, name),
                        help=_field_help(run_docs, name, getattr(d, name)))
     for f in algo.tunable_fields():
         default = getattr(algo, f.name)
@@ -130,17 +139,17 @@ def _train_options(chapter: Chapter) -> _Parser:
 def _eval_options(chapter: Chapter) -> _Parser:
     episodes = chapter.eval_defaults.n_episodes
     p = _Parser(add_help=False)
-    p.add_argument("--n-eval-episodes", type=_positive_int, default=episodes,
-                   help=f"deterministic evaluation episodes (default {episodes})")
+    p.add_argument("--n-eval-episodes", type=_run_int("n_eval_episodes"), default=episodes,
+                   help=f"deterministic evaluation episodes (default {episodes}, at most {MAX_EVAL_EPISODES:,})")
     return p
 
 
 def _sweep_options(chapter: Chapter) -> _Parser:
     p = _Parser(add_help=False)
     g = p.add_argument_group("sweep")
-    g.add_argument("--seeds", type=_positive_int, default=chapter.seeds,
-                   help=f"seeds 0..N-1 (default {chapter.seeds})")
-    g.add_argument("--workers", type=_positive_int, default=None,
+    g.add_argument("--seeds", type=_run_int("seeds"), default=chapter.seeds,
+                   help=f"seeds 0..N-1 (default {chapter.seeds}, at most {RUN_BOUNDS['seeds'].high:.0f})")
+    g.add_argument("--workers", type=_run_int("workers"), default=None,
                    help="trials in flight at once (default: the core count; with --backend ray: the cluster's CPUs)")
     g.add_argument("--backend", choices=("local", "ray"), default="local")
     g.add_argument("--ray-address", default=None,
@@ -300,7 +309,7 @@ def _train_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--force", action="store_true",
                    help="train over this seed's finished run (kept until the new run completes); with --resume: "
                         "resume even if hyper-parameters or versions differ")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=0, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=_run_int("checkpoint_every"), default=0, metavar="STEPS",
                    help="also checkpoint at the first rollout boundary after every STEPS steps (default: "
                         "only at the end and on Ctrl-C/SIGTERM)")
 
@@ -334,11 +343,13 @@ def _diagnose_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
 
 
 def _plot_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
-    p.add_argument("--seeds", type=_positive_int, default=None)
+    p.add_argument("--seeds", type=_run_int("seeds"), default=None)
 
 
 def _video_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
-    p.add_argument("--episodes", type=_positive_int, default=5)
+    p.add_argument("--episodes", type=_run_int("episodes"), default=5,
+                   help=f"episodes in the GIF (default 5, at most {RUN_BOUNDS['episodes'].high:.0f}: every frame is "
+                        "held in memory)")
 
 
 @dataclass(frozen=True)
@@ -440,12 +451,39 @@ def _preflight(args: argparse.Namespace) -> None:
         # so `all` and `video` can render offscreen.
         envs.ensure_render_backend()
         envs.validate_env_id(args.env_id)
+    if "sweep" in command.options:  # trials in other processes would each fail on a task that is not Fetch's
+        from fetchrl.tasks import checkenv
+
+        checkenv.require_passing(_runtime(args))
+
+
+def _resolve_device(args: argparse.Namespace) -> None:
+    """Refuse a ``--device`` torch cannot use here (SB3 would train on the CPU without a word); resolve
+    ``auto`` and say what it chose (the meta and eval JSONs record the model's device)."""
+    requested = getattr(args, "device", "cpu")
+    if requested == "cpu":
+        return
+    import torch  # only for a device other than the CPU: --help and CPU runs need not wait for it
+
+    if requested == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"--device auto: {args.device}")
+    elif requested == "mps":
+        if not torch.backends.mps.is_available():
+            raise FetchRLError("--device mps: torch has no Apple MPS device on this machine; use --device cpu")
+    elif not torch.cuda.is_available():
+        raise FetchRLError(f"--device {requested}: torch {torch.__version__} sees no CUDA GPU on this machine; "
+                           "use --device cpu (or auto)")
+    elif requested.startswith("cuda:") and int(requested[5:]) >= torch.cuda.device_count():
+        raise FetchRLError(f"--device {requested}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                           f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "portable", False):  # first: the kernels are chosen when torch and numpy load
             portable.apply()
+        _resolve_device(args)
         _preflight(args)
         return int(args.handler(args))
     except FetchRLError as err:

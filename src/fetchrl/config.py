@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fetchrl.algos.base import RUN_HYPERPARAMETERS, AlgoConfig
+from fetchrl.algos.base import RUN_HYPERPARAMETERS, AlgoConfig, check_run_value, check_seed_span
 from fetchrl.algos.ppo import PPO, PPOConfig
 from fetchrl.errors import FetchRLError
 
@@ -114,12 +114,9 @@ class TrainConfig:
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise FetchRLError with an actionable one-line message on a bad value."""
-        for name in ("total_steps", "n_envs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise FetchRLError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.seed < 0:
-            raise FetchRLError(f"--seed must be >= 0, got {self.seed}")
+        for name in ("seed", "total_steps", "n_envs"):  # the CLI flags' own bounds
+            check_run_value(name, getattr(self, name))
+        check_seed_span(self.seed, self.n_envs)  # env i is seeded seed + i: numpy refuses past 2**32 - 1
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise FetchRLError(f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         self.algo.check_run(self.n_envs)

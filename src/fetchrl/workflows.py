@@ -5,6 +5,7 @@ Each function returns the process exit code; the CLI only parses arguments and c
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,9 @@ def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Any | None = None,
     result = EvalResult.from_json(paths.eval_json)
     if result.env_id != paths.env_id:
         raise FetchRLError(f"eval JSON {paths.eval_json} is for {result.env_id}, not {paths.env_id}")
+    stale = artifacts.check_eval_freshness(result, paths)  # raises when the seed was retrained since
+    if stale is not None:
+        sys.stderr.write(f"warning: {stale}\n")
     baselines = baselines if baselines is not None else _baselines(result, runtime)
     diagnosis = diagnosis if diagnosis is not None else _diagnosis_or_none(paths)
     ok = print_criteria(result, baselines)

@@ -54,7 +54,7 @@ class Bounds:
             return False
         if self.integer and not isinstance(value, int):
             return False
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # an int is finite (isfinite overflows on 10**400)
             return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
@@ -69,6 +69,19 @@ class Bounds:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
+    def refusal(self, value: object) -> str:
+        """What follows "must be" when refusing ``value`` (None: not a number at all).
+
+        An integer count names the end it broke: ``"an integer <= 100000"`` above the upper end, the
+        lower end's words (``"a positive integer"``, ``"an integer >= 0"``) otherwise; anything else
+        is :meth:`describe`.
+        """
+        if self.integer and isinstance(value, int) and not isinstance(value, bool) and value > self.high:
+            return f"an integer <= {self.high:.0f}"
+        if self.integer and self.low in (0, 1):
+            return "a positive integer" if self.low == 1 else "an integer >= 0"
+        return self.describe()
+
 
 POSITIVE_INT = Bounds(low=1, integer=True)
 POSITIVE = Bounds(low=0, low_open=True)
@@ -77,6 +90,45 @@ UNIT_OPEN_CLOSED = Bounds(low=0, high=1, low_open=True)
 """(0, 1]: a discount factor, PPO's clip range."""
 UNIT_CLOSED = Bounds(low=0, high=1)
 """[0, 1]: GAE's lambda."""
+
+#: Largest seed numpy, torch and Gymnasium accept (numpy: "Seed must be between 0 and 2**32 - 1").
+MAX_SEED = 2**32 - 1
+#: Most transitions one rollout may hold (n_steps * n_envs): a rollout buffer of a few hundred MB at most.
+MAX_ROLLOUT = 2**20
+#: Most episodes one evaluation runs: one small record per episode (~0.5 kB) stays in memory.
+MAX_EVAL_EPISODES = 100_000
+
+#: Every integer of the command line that is not a hyper-parameter, with a sane upper end: a count's
+#: work (memory, processes, time) is bounded, and a seed stays one numpy accepts. The CLI types its
+#: flags with these and :class:`~fetchrl.config.TrainConfig` validates with the same ones
+#: (:func:`check_run_value`), so both refuse the same values in the same words. ``episodes`` is the
+#: video's: every frame is kept until the GIF is written (about 26 MB an episode at 480x360).
+RUN_BOUNDS: dict[str, Bounds] = {
+    "seed": Bounds(low=0, high=MAX_SEED, integer=True),
+    "total_steps": Bounds(low=1, high=10**9, integer=True),
+    "n_envs": Bounds(low=1, high=256, integer=True),
+    "n_eval_episodes": Bounds(low=1, high=MAX_EVAL_EPISODES, integer=True),
+    "seeds": Bounds(low=1, high=1000, integer=True),
+    "workers": Bounds(low=1, high=256, integer=True),
+    "episodes": Bounds(low=1, high=20, integer=True),
+    "checkpoint_every": Bounds(low=1, high=10**9, integer=True),
+}
+
+
+def check_run_value(name: str, value: object) -> None:
+    """Raise FetchRLError ``"--name must be <bounds>, got <value>"`` for a value outside ``RUN_BOUNDS[name]``."""
+    bounds = RUN_BOUNDS[name]
+    if not bounds.contains(value):
+        raise FetchRLError(f"--{name.replace('_', '-')} must be {bounds.refusal(value)}, got {value!r}")
+
+
+def check_seed_span(seed: int, n_seeds: int, what: str = "--n-envs") -> None:
+    """Refuse a ``seed`` whose run would seed past :data:`MAX_SEED`: env ``i`` is seeded ``seed + i``
+    (SB3's rule), so ``seed + n_seeds - 1`` must still be a seed numpy accepts."""
+    last = seed + n_seeds - 1
+    if last > MAX_SEED:
+        raise FetchRLError(f"--seed {seed} with {what} {n_seeds} seeds envs up to {last}, past 2**32 - 1; "
+                           f"use --seed <= {MAX_SEED - n_seeds + 1}")
 
 
 def hyperparameter(default: T, bounds: Bounds) -> T:

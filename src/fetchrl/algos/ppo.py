@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fetchrl import metrics
 from fetchrl.algos.base import (
+    MAX_ROLLOUT,
     NON_NEGATIVE,
     POSITIVE,
     POSITIVE_INT,
@@ -52,20 +53,38 @@ class PPOConfig(AlgoConfig):
     """Entropy bonus coefficient c2."""
     vf_coef: float = hyperparameter(0.5, NON_NEGATIVE)
     """Value loss coefficient c1."""
-    max_grad_norm: float = hyperparameter(0.5, NON_NEGATIVE)
-    """Global gradient-norm clip (SB3's default)."""
+    max_grad_norm: float = hyperparameter(0.5, POSITIVE)
+    """Global gradient-norm clip (SB3's default; 0 would scale every gradient to zero)."""
 
     def rollout_size(self, n_envs: int) -> int:
         """Transitions per rollout: n_steps * n_envs (8 * 1024 = 8,192 with the chapter's settings)."""
         return self.n_steps * n_envs
 
     def check_run(self, n_envs: int) -> None:
-        """A minibatch must fit in one rollout (SB3 would only warn and train on a truncated batch)."""
-        if self.batch_size > self.rollout_size(n_envs):
+        """A rollout of at most ``MAX_ROLLOUT`` transitions, tiled by whole minibatches of at least 2
+        (SB3 would assert, or only warn and train on a truncated minibatch)."""
+        size = self.rollout_size(n_envs)
+        if size > MAX_ROLLOUT:
+            raise FetchRLError(f"a rollout of n_steps * n_envs = {size} transitions is more than {MAX_ROLLOUT}; "
+                               "lower --n-steps or --n-envs")
+        if self.batch_size > size:
             raise FetchRLError(
                 f"--batch-size {self.batch_size} is larger than a rollout "
-                f"(n_steps * n_envs = {self.rollout_size(n_envs)}); lower it or raise --n-steps"
+                f"(n_steps * n_envs = {size}); lower it or raise --n-steps"
             )
+        # SB3 asserts batch_size > 1 (advantages are normalised per minibatch) and only warns, over
+        # several lines, when the minibatches do not tile the rollout: refuse both with the rule.
+        if self.batch_size < 2:
+            raise FetchRLError(f"--batch-size must be >= 2 (advantages are normalised per minibatch), "
+                               f"got {self.batch_size}")
+        if size % self.batch_size:
+            raise FetchRLError(f"--batch-size {self.batch_size} must divide the rollout (n_steps * n_envs = {size}) "
+                               f"so every minibatch is full; e.g. --batch-size {_largest_divisor(size, self.batch_size)}")
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is <= ``at_most`` (the batch size nearest below a refused one)."""
+    return next(d for d in range(at_most, 0, -1) if n % d == 0)
 
 
 def _sb3_ppo() -> type[BaseAlgorithm]:

@@ -165,12 +165,12 @@ def _spaces(runtime: Runtime) -> tuple[Any, Any]:
         probe.close()
 
 
-def load_model(paths: RunPaths, runtime: Runtime, *, device: str = "cpu") -> Any:
-    """The checkpoint at ``paths``, to act with: read once, checked against ``runtime``'s task, loaded
-    into the algorithm's class for ``runtime`` (no env attached)."""
+def load_model(paths: RunPaths, runtime: Runtime, *, device: str = "cpu", checkpoint: Checkpoint | None = None) -> Any:
+    """The checkpoint at ``paths`` (or ``checkpoint``, when the caller has read it), to act with: read
+    once, checked against ``runtime``'s task, loaded into the algorithm's class for ``runtime`` (no env attached)."""
     if runtime.env_id != paths.env_id:
         raise ValueError(f"runtime for {runtime.env_id} given for a run of {paths.env_id}")
-    checkpoint = Checkpoint.read(paths)
+    checkpoint = checkpoint or Checkpoint.read(paths)
     return checkpoint.load(model_class(runtime), runtime.env_id, _spaces(runtime), device=device)
 
 

@@ -11,6 +11,7 @@ Protocol (the chapter's section 3.4, made exact):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from fetchrl.algos.base import check_run_value
 from fetchrl.artifacts import (
     EpisodeRecord,
     EvalResult,
@@ -27,7 +29,7 @@ from fetchrl.artifacts import (
     now_iso,
 )
 from fetchrl.config import ALGO, EvalConfig
-from fetchrl.pipeline.checkpoints import load_model
+from fetchrl.pipeline.checkpoints import Checkpoint, load_model
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
@@ -159,7 +161,13 @@ def _run_chunk(pool: list[Any], policy: Policy, seeds: list[int]) -> list[Episod
 
 def evaluate_policy(runtime: Runtime, policy: Policy, eval_config: EvalConfig, *, checkpoint: str = "",
                     device: str = "cpu", progress: bool = False) -> EvalResult:
-    """Score ``policy`` on ``runtime``'s task and the documented episode seeds; nothing is written."""
+    """Score ``policy`` on ``runtime``'s task and the documented episode seeds; nothing is written.
+
+    Memory is flat in the episode count but for one small :class:`EpisodeRecord` (~0.5 kB) an episode:
+    only the ``n_envs`` episodes in flight keep their steps, and at most ``MAX_EVAL_EPISODES`` (100,000)
+    episodes are run (more is refused, as the CLI refuses it).
+    """
+    check_run_value("n_eval_episodes", eval_config.n_episodes)
     t0 = time.perf_counter()
     episodes = run_episodes(runtime, policy, eval_config.episode_seeds, n_envs=eval_config.n_envs,
                             progress=progress)
@@ -183,9 +191,12 @@ def evaluate_policy(runtime: Runtime, policy: Policy, eval_config: EvalConfig, *
 def evaluate(paths: RunPaths, eval_config: EvalConfig, runtime: Runtime, *, device: str = "cpu",
              progress: bool = True) -> EvalResult:
     """Load the checkpoint at ``paths``, evaluate it on ``runtime``'s env and write the eval JSON atomically."""
-    model = load_model(paths, runtime, device=device)
+    checkpoint = Checkpoint.read(paths)  # read once: loaded, and its digest recorded (report refuses a stale pair)
+    model = load_model(paths, runtime, device=device, checkpoint=checkpoint)
     result = evaluate_policy(runtime, SB3Policy(model, eval_config.deterministic), eval_config,
                              checkpoint=str(paths.checkpoint), device=str(model.device), progress=progress)
+    result.checkpoint_sha256 = hashlib.sha256(checkpoint.data).hexdigest()
+    result.checkpoint_created_at = checkpoint.meta.created_at if checkpoint.meta is not None else ""
     result.to_json(paths.eval_json)
     return result
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
+from fetchrl.errors import FetchRLError
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
@@ -31,10 +34,7 @@ def run_checks(runtime: Runtime, *, n_steps: int = 100, seed: int = 0) -> list[C
         space = env.action_space
         checks = [
             Check("observation shapes", shapes == EXPECTED_OBS_SHAPES, f"{shapes} (expected {EXPECTED_OBS_SHAPES})"),
-            Check("action shape", tuple(space.shape) == EXPECTED_ACTION_SHAPE,
-                  f"{tuple(space.shape)} (expected {EXPECTED_ACTION_SHAPE})"),
-            Check("action bounds", bool(np.all(space.low == -1.0) and np.all(space.high == 1.0)),
-                  f"[{float(np.min(space.low))}, {float(np.max(space.high))}] (expected [-1, 1])"),
+            *_action_checks(space),
         ]
         rewards = []
         for _ in range(n_steps):
@@ -48,6 +48,28 @@ def run_checks(runtime: Runtime, *, n_steps: int = 100, seed: int = 0) -> list[C
         return checks
     finally:
         env.close()
+
+
+def _action_checks(space: Any) -> list[Check]:
+    """Action shape and bounds; an action space without bounds (``Discrete``: CartPole) fails both rows."""
+    if not isinstance(space, gym.spaces.Box):
+        return [Check("action shape", False, f"{space} is not a Box (expected Box of shape {EXPECTED_ACTION_SHAPE})"),
+                Check("action bounds", False, f"{type(space).__name__} has no bounds (expected [-1, 1])")]
+    return [
+        Check("action shape", tuple(space.shape) == EXPECTED_ACTION_SHAPE,
+              f"{tuple(space.shape)} (expected {EXPECTED_ACTION_SHAPE})"),
+        Check("action bounds", bool(np.all(space.low == -1.0) and np.all(space.high == 1.0)),
+              f"[{float(np.min(space.low))}, {float(np.max(space.high))}] (expected [-1, 1])"),
+    ]
+
+
+def require_passing(runtime: Runtime) -> None:
+    """Refuse, in one line naming the failed checks, a task whose env fails :func:`run_checks` (exit 1, as
+    ``train``'s check-env): multi-seed, ablate and sweep ask before starting any trial."""
+    failed = [c.name for c in run_checks(runtime) if not c.passed]
+    if failed:
+        raise FetchRLError(f"check-env failed for {runtime.env_id} ({', '.join(failed)}); not training "
+                           f"(details: check-env --env-id {runtime.env_id})", exit_code=1)
 
 
 def print_checks(env_id: str, checks: list[Check]) -> bool:
