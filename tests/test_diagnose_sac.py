@@ -27,6 +27,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from fetchrl import metrics
+from fetchrl.algos.fastsac import FastSAC
 from fetchrl.analysis import diagnose, plots
 from fetchrl.analysis.rules import sac as sac_rules
 from fetchrl.analysis.tbreader import Series, read_scalars
@@ -116,6 +117,26 @@ def test_callback_leaves_training_bit_identical(healthy: tuple[Path, SAC, Path, 
     ta, tb = read_scalars(with_dir, metrics.SAC_CURVES), read_scalars(without_dir, metrics.SAC_CURVES)
     for tag in metrics.SAC_CURVES:
         assert np.array_equal(ta[tag].values, tb[tag].values), tag
+
+
+def test_callback_on_fastsac_and_the_process_vecenv_is_bit_identical_too(
+        healthy: tuple[Path, SAC, Path, SAC], tmp_path: Path) -> None:
+    """Chapter 3's path: FastSAC (bit-equal to SB3's SAC) on fetchrl's fast env and process VecEnv, the
+    callback making its evaluation env from the VecEnv's id; same numbers as the plain run without it."""
+    env = make_vec_env(Runtime.decide(ENV_ID), 2, seed=0)
+    model = FastSAC("MultiInputPolicy", env, buffer_size=5000, learning_starts=200, batch_size=64, seed=0)
+    model.set_logger(configure(str(tmp_path), ["tensorboard"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.learn(STEPS, callback=SACDiagnosticsCallback(every=50, eval_every=200, eval_episodes=2))
+    finally:
+        torch.set_num_threads(threads)
+        env.close()
+    plain = healthy[3]
+    for (name, pa), pb in zip(model.policy.state_dict().items(), plain.policy.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert read_scalars(tmp_path, (metrics.Q_OVERESTIMATION,))[metrics.Q_OVERESTIMATION].values.size >= 2
 
 
 def test_callback_logs_q_stats_replay_and_mc_gap(healthy: tuple[Path, SAC, Path, SAC]) -> None:

@@ -227,10 +227,14 @@ class SACDiagnosticsCallback(BaseCallback):
         return int(getattr(self.model, "_n_updates", 0))
 
     def _make_eval_env(self) -> Any:
-        spec = self.training_env.get_attr("spec", indices=[0])[0]
-        if spec is None:
-            raise FetchRLError("SACDiagnosticsCallback: the training env has no spec; pass eval_env=")
-        return envs.make_env(Runtime.decide(spec.id))
+        """One env of the training task: its id from fetchrl's process VecEnv, or from the envs' gym spec."""
+        env_id = getattr(self.training_env, "env_id", None)  # ProcessVecEnv (its fast envs have no spec)
+        if env_id is None:
+            spec = self.training_env.get_attr("spec", indices=[0])[0]
+            env_id = spec.id if spec is not None else None
+        if env_id is None:
+            raise FetchRLError("SACDiagnosticsCallback: cannot tell the training env's id; pass eval_env=")
+        return envs.make_env(Runtime.decide(env_id))
 
     def _on_step(self) -> bool:
         model: Any = self.model  # an SB3 SAC (BaseAlgorithm has no replay_buffer in its type)

@@ -102,6 +102,7 @@ class ProcessVecEnv(VecEnv):
         if render_mode is not None or _mp_daemon():
             n_procs = 1  # rendering envs stay here; a daemonic process may not have children
         self.num_envs = n_envs  # what _get_indices reads, before VecEnv.__init__ (which calls get_attr)
+        self.env_id = env_id  # its raw fast envs carry no gym spec (e.g. for an evaluation env's factory)
         self.n_local = n_envs - (n_envs // 2 if n_procs > 1 else 0)
         self.envs = build_envs(env_id, range(self.n_local), seed, render_mode)  # this process's envs
         env = self.envs[0]
