@@ -113,7 +113,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
         gif = record_video(paths, runtime, device=config.device)[0]
     html = write_html_report(paths, result=result, baselines=baselines, meta=meta, diagnosis=diagnosis,
                              curves_png=curves, gif=gif)
-    console.print(f"curves: {curves}" + (f"\nvideo: {gif}" if gif else "") + f"\nHTML report: {html}")
+    print_outputs({"curves": curves} | ({"video": gif} if video else {}) | {"HTML report": html})
     return code
 
 
