@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 ENV_ID = "FetchReachDense-v4"
 N_ENVS = 8
+#: Chapter 3's default run: 500k env steps, the first 10k with random actions (fetchrl.chapters.ch03).
+CHAPTER_STEPS, CHAPTER_LEARNING_STARTS = 500_000, 10_000
 #: Chapter 3's SAC hyper-parameters (``learning_starts`` is set per invocation, the same for all arms).
 SAC_KWARGS: dict[str, Any] = dict(batch_size=256, buffer_size=1_000_000, learning_rate=3e-4, gamma=0.99,
                                   tau=0.005, ent_coef="auto", train_freq=1, gradient_steps=1)
@@ -126,6 +128,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _chapter_hours(r: dict[str, Any]) -> float:
+    """The chapter's default run (500k steps, 10k random) at this measurement's two rates. FastSAC's
+    numbers are SB3's, so it reaches the criteria at the same env step: this ratio is the time-to-criteria
+    ratio at any step count (the update phase dominates it)."""
+    return (CHAPTER_LEARNING_STARTS / r["warmup_sps"]
+            + (CHAPTER_STEPS - CHAPTER_LEARNING_STARTS) / r["update_sps"]) / 3600
+
+
 def _fmt(values: list[float]) -> str:
     med = statistics.median(values)
     return f"{med:8.1f}" + (f" ({min(values):.0f}-{max(values):.0f})" if len(values) > 1 else "")
@@ -143,10 +153,13 @@ def print_table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespa
     for key, label in (("warmup_sps", "steps/s before updates"), ("update_sps", "steps/s with updates"),
                        ("peak_rss_mb", "peak RSS MB (main process)"), ("buffer_mb_1m", "replay buffer MB at 1M")):
         print(f"{label:28s}" + "".join(f"{_fmt([r[key] for r in results[a]]):>24s}" for a in arms))
+    hours = {a: [_chapter_hours(r) for r in results[a]] for a in arms}
+    print(f"{'chapter run, projected h':28s}" + "".join(f"{_fmt(hours[a]):>24s}" for a in arms))
     plain = statistics.median(r["update_sps"] for r in results["plain"])
     for arm in arms[1:]:
         fast = statistics.median(r["update_sps"] for r in results[arm])
-        print(f"ratio {arm} / plain, steps/s with updates: {fast / plain:.2f}x")
+        print(f"ratio {arm} / plain, steps/s with updates: {fast / plain:.2f}x; "
+              f"projected time of the chapter's run: {statistics.median(hours['plain']) / statistics.median(hours[arm]):.2f}x")
     if "fetchrl" in results and "plain-1t" in results:
         one = statistics.median(r["update_sps"] for r in results["plain-1t"])
         fast = statistics.median(r["update_sps"] for r in results["fetchrl"])

@@ -8,8 +8,10 @@ tolerance. No timing assertions: the speed-up is measured by bench/bench_sac.py.
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +158,9 @@ def test_save_load_and_buffer_roundtrip(tmp_path: Any) -> None:
     fast.save(tmp_path / "m.zip")
     fast.save_replay_buffer(tmp_path / "rb.pkl")
     assert fast.replay_buffer_class is None  # the saved data says what SB3's says
+    with zipfile.ZipFile(tmp_path / "m.zip") as zf:
+        data = json.loads(zf.read("data"))
+    assert not {"_lean_cache", "_steppers", "_mode_modules"} & data.keys()
     plain = SAC.load(tmp_path / "m.zip", device="cpu")
     for key, value in fast.policy.state_dict().items():
         assert torch.equal(value, plain.policy.state_dict()[key]), key

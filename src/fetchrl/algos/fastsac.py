@@ -36,9 +36,9 @@ the two). Differences a caller can see: after ``train`` the critic's ``.grad`` h
 critic loss's gradient (SB3 adds the actor loss's into it), and ``replay_buffer.observations``
 are float32 views.
 
-The lean path covers the chapter's set-up: ``MultiInputPolicy``/``MlpPolicy`` (flatten
-extractors of 1-D float Box keys, ReLU/Tanh MLPs, squashed Gaussian without gSDE), default Adam
-optimisers, no VecNormalize, no action noise, no n-step returns, CPU. For anything else FastSAC
+The lean path covers the chapter's set-up: ``MultiInputPolicy`` on a Dict of 1-D float Boxes
+(flatten extractors, ReLU/Tanh MLPs, squashed Gaussian without gSDE), default Adam optimisers, no
+VecNormalize, no action noise, no n-step returns, CPU. For anything else FastSAC
 *is* SB3's SAC (the parent methods run). Checkpoints are ordinary SB3 SAC zips.
 """
 
@@ -411,6 +411,11 @@ class FastSAC(SAC):
     _lean_cache: tuple[Any, LeanSAC | None] | None = None
     _steppers: tuple[Any, ...] | None = None
     _mode_modules: list[nn.Module] | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        """SB3's list plus this class's caches (views of live tensors, rebuilt on demand), so the zip's
+        ``data`` holds what SB3's SAC writes."""
+        return [*super()._excluded_save_params(), "_lean_cache", "_steppers", "_mode_modules"]
 
     def _setup_model(self) -> None:
         """SB3's set-up, with :class:`FlatDictReplayBuffer` where SB3 would pick ``DictReplayBuffer``
