@@ -203,8 +203,11 @@ def test_all_resume_after_training_finished_evaluates_and_reports(finished: RunP
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     paths = _copy(finished, tmp_path / "run")
     before = _digests(paths)
-    code = main(["all", "--resume", "--root", str(paths.root), *RUN_ARGS, "--total-steps",
-                 str(FINISHED.total_steps), "--n-eval-episodes", "2", "--no-video"])
+    args = ["all", "--root", str(paths.root), *RUN_ARGS, "--total-steps", str(FINISHED.total_steps),
+            "--n-eval-episodes", "2", "--no-video"]
+    assert main(args) == 2  # without --resume (or --force): the finished run is not trained over
+    assert "holds a finished run" in capsys.readouterr().err
+    code = main([*args, "--resume"])
     out = capsys.readouterr().out
     assert code in (0, 1), out  # 1: a 2,048-step policy fails the chapter's criteria, as the report says
     assert "training already finished" in out

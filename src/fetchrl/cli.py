@@ -234,7 +234,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     from fetchrl.workflows import run_all
 
     return run_all(_train_config(args), _eval_config(args), _paths(args), progress=not args.no_progress,
-                   video=not args.no_video, resume=args.resume, command=_command_line(args))
+                   video=not args.no_video, resume=args.resume, force=args.force, command=_command_line(args))
 
 
 def cmd_multi_seed(args: argparse.Namespace) -> int:
@@ -319,6 +319,8 @@ def _all_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue this seed's interrupted training (as train --resume; nothing to train when it "
                         "finished), then evaluate and report")
+    p.add_argument("--force", action="store_true",
+                   help="train over this seed's finished run (kept until the new run completes), as train --force")
 
 
 def _ablate_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:

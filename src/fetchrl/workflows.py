@@ -76,11 +76,13 @@ def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Any | None = None,
 
 
 def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, progress: bool = True,
-            video: bool = True, resume: bool = False, command: CommandLine | None = None) -> int:
+            video: bool = True, resume: bool = False, force: bool = False,
+            command: CommandLine | None = None) -> int:
     """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report.
 
     ``resume``: continue an interrupted training (``train --resume``); when the seed's run of exactly
     ``config`` already finished (e.g. ``all`` died during evaluation), go straight to evaluation.
+    ``force``: as ``train --force`` (train over a finished run; with ``resume``: despite differences).
     ``command``: the chapter's :class:`fetchrl.pipeline.train.CommandLine` (default chapter 2's).
     """
     from fetchrl.analysis.html_report import write_html_report
@@ -98,7 +100,8 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
         meta = done
         console.print(f"training already finished: {summary(meta)} -> {paths.checkpoint}")
     else:
-        meta = train(config, paths, progress=progress, resume=resume, runtime=runtime, command=command or SCRIPT)
+        meta = train(config, paths, progress=progress, resume=resume, force=force, runtime=runtime,
+                     command=command or SCRIPT)
         console.print(f"{summary(meta)} -> {paths.checkpoint}")
     result = evaluate(paths, eval_config, runtime, device=config.device, progress=progress)
     console.print(f"evaluated {result.n_episodes} episodes in {result.eval_seconds:.1f} s -> {paths.eval_json}")
