@@ -270,8 +270,9 @@ def _file_cases() -> list[Case]:
 CASES = _usage_cases() + _file_cases()
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def _files(root: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every directory (None) under ``root``: an empty folder left behind counts too."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 def _prepare(case: Case, root: Path) -> tuple[list[str], dict[str, bytes]]:
@@ -294,7 +295,7 @@ def _check(case: Case, code: int, stderr: str, before: dict[str, bytes], root: P
     assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
     assert re.search(case.message, lines[0]), lines[0]
     assert code == case.code and code != 0, (code, lines[0])
-    assert _files(root) == before, "a file was created, changed or removed"
+    assert _files(root) == before, "a file or folder was created, changed or removed"
 
 
 def _run_in_process(argv: list[str]) -> int:

@@ -72,10 +72,18 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
     Raises FetchRLError (exit code :data:`LOCKED_EXIT_CODE`) naming the holder's PID when another
     process holds it.
     """
+    created = not paths.lock.parent.exists()
     fd = _acquire(paths)
+    refused = False
     try:
         yield
+    except FetchRLError:
+        refused = created
+        raise
     finally:
         with contextlib.suppress(OSError):
             os.unlink(paths.lock)  # still locked here: see the module docstring
         os.close(fd)
+        if refused:  # a run refused under the lock (nothing to resume...) leaves no empty checkpoints/ behind
+            with contextlib.suppress(OSError):
+                paths.lock.parent.rmdir()  # fails, harmlessly, when anything was written in it
