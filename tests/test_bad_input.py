@@ -85,13 +85,14 @@ def _valid_eval(n: int = 4) -> dict[str, object]:
                       checkpoint_sha256="0" * 64).to_dict()
 
 
-def _bad_eval(change: Callable[[dict], None]) -> Callable[[Path], None]:  # type: ignore[type-arg]
-    """Writes the valid eval JSON with ``change`` applied (NaN written as JSON's NaN, as Python's json reads it)."""
+def _bad_eval(change: Callable[[dict], None], paths: RunPaths = PATHS) -> Callable[[Path], None]:  # type: ignore[type-arg]
+    """Writes the valid eval JSON at ``paths.eval_json`` with ``change`` applied (NaN written as JSON's NaN,
+    as Python's json reads it)."""
 
     def setup(root: Path) -> None:
         data = _valid_eval()
         change(data)
-        path = root / PATHS.eval_json
+        path = root / paths.eval_json
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data))
 
@@ -351,6 +352,11 @@ def _chapter_cases(chapter_id: str) -> list[Case]:
                            rf"--seed {MAX_SEED} with --n-envs 2 seeds envs up to {MAX_SEED + 1}"),
                       Case(f"{chapter_id}-{cmd}-total-steps=10**10", _cmd(cmd, "--total-steps", str(10**10)),
                            r"--total-steps: expected an integer <= 1000000000")]
+        if cmd == "report":  # the chapter's own eval JSON, with a word for a rate
+            cases.append(Case(f"{chapter_id}-report-eval-success-rate-word", ("report",),
+                              rf"eval JSON .*{chapter_id}_.*_seed0_eval\.json is invalid: aggregate\.success_rate",
+                              setup=_bad_eval(lambda d: d["aggregate"].update(success_rate="high"),
+                                              CHAPTERS[chapter_id].paths(ENV_ID, 0))))
         if "eval" in options:
             cases.append(Case(f"{chapter_id}-{cmd}-n-eval-episodes=10**14", _cmd(cmd, "--n-eval-episodes", str(10**14)),
                               rf"--n-eval-episodes: expected an integer <= {MAX_EVAL_EPISODES}"))

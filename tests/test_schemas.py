@@ -59,8 +59,9 @@ def run(trained: Path, tmp_path: Path) -> RunPaths:
     return RunPaths(ENV_ID, 0, tmp_path / "root")
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def _files(root: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every directory (None) under ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 # ============================================================================ freshness (class 4)
