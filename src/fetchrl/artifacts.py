@@ -99,6 +99,11 @@ class RunPaths:
         return self.root / "checkpoints" / f"{self._stem}.meta.json"
 
     @property
+    def replay_buffer(self) -> Path:
+        """An off-policy run's replay buffer (SB3's ``save_replay_buffer`` pickle), beside its checkpoint."""
+        return self.root / "checkpoints" / f"{self._stem}.replay_buffer.pkl"
+
+    @property
     def eval_json(self) -> Path:
         return self.root / "results" / f"{self._result_stem}_eval.json"
 

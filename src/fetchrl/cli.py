@@ -86,6 +86,18 @@ def _bounded(name: str, bounds: Bounds) -> Callable[[str], int | float]:
     return parse
 
 
+def _parsed(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type`` from a value spec's own ``parse`` (ValueError carries the message)."""
+
+    def parse_arg(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse_arg
+
+
 def _chapter(args: argparse.Namespace) -> Chapter:
     chapter: Chapter = args.chapter
     return chapter
@@ -129,7 +141,9 @@ def _train_options(chapter: Chapter) -> _Parser:
                        help=_field_help(run_docs, name, getattr(d, name)))
     for f in algo.tunable_fields():
         default = getattr(algo, f.name)
-        g.add_argument(flag_name(f.name), type=_bounded(f.name, f.metadata["bounds"]), default=default,
+        spec = f.metadata["bounds"]
+        kind = _bounded(f.name, spec) if isinstance(spec, Bounds) else _parsed(spec.parse)
+        g.add_argument(flag_name(f.name), type=kind, default=default,
                        help=_field_help(algo_docs, f.name, default))
     g.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True): bit-identical reruns on CPU")
@@ -227,14 +241,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fetchrl.workflows import report
 
-    return report(_paths(args), _runtime(args))
+    return report(_paths(args), _runtime(args), criteria=_chapter(args).criteria)
 
 
 def cmd_all(args: argparse.Namespace) -> int:
     from fetchrl.workflows import run_all
 
     return run_all(_train_config(args), _eval_config(args), _paths(args), progress=not args.no_progress,
-                   video=not args.no_video, resume=args.resume, force=args.force, command=_command_line(args))
+                   video=not args.no_video, resume=args.resume, force=args.force, command=_command_line(args),
+                   criteria=_chapter(args).criteria)
 
 
 def cmd_multi_seed(args: argparse.Namespace) -> int:
@@ -265,7 +280,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from fetchrl.analysis.diagnose import run_diagnose_cli
 
-    return run_diagnose_cli(args.logdir or _paths(args).tb_dir, args.json)
+    return run_diagnose_cli(args.logdir or _paths(args).tb_dir, args.json, algo=_chapter(args).algorithm.name)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fetchrl.algos.base import RUN_HYPERPARAMETERS, AlgoConfig, check_run_value, check_seed_span
+from fetchrl.algos.base import RUN_HYPERPARAMETERS, AlgoConfig, Algorithm, check_run_value, check_seed_span
 from fetchrl.algos.ppo import PPO, PPOConfig
+from fetchrl.algos.sac import SAC
 from fetchrl.errors import FetchRLError
 
 DEFAULT_ENV_ID = "FetchReachDense-v4"
@@ -29,6 +30,17 @@ ENV_THREADS_VAR = "FETCHRL_ENV_THREADS"
 #: Chapter 2's (PPO's) hyper-parameters that define the learning problem; a resumed run must match
 #: them exactly. Generic code reads ``config.hyperparameters`` (any algorithm) instead.
 HYPERPARAMETER_NAMES = PPO.resume_names
+
+#: Every algorithm fetchrl trains, by short name (``RunPaths.names.algo``, the meta JSON's ``algo``).
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PPO, SAC)}
+
+
+def algorithm_named(name: str) -> Algorithm:
+    """The algorithm whose short name is ``name`` ("ppo", "sac"); ValueError for another."""
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r} (known: {', '.join(ALGORITHMS)})") from None
 
 
 @dataclass(frozen=True, init=False)
@@ -84,6 +96,14 @@ class TrainConfig:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ---------------------------------------------------------------- derived values
+    @property
+    def algorithm(self) -> Algorithm:
+        """The :class:`~fetchrl.algos.base.Algorithm` whose hyper-parameters ``algo`` holds."""
+        for candidate in ALGORITHMS.values():
+            if type(self.algo) is candidate.config_class:
+                return candidate
+        raise ValueError(f"no algorithm has the hyper-parameter class {type(self.algo).__name__}")
+
     @property
     def rollout_size(self) -> int:
         """Transitions collected between two updates (PPO: n_steps * n_envs)."""

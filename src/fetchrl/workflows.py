@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from fetchrl import artifacts
 from fetchrl.artifacts import EvalResult, RunPaths, SettingSummary, SweepSummary
-from fetchrl.config import EvalConfig, TrainConfig
+from fetchrl.config import Criterion, EvalConfig, TrainConfig
 from fetchrl.console import NOT_MEASURED, make_console, mean_pm_std, new_table
 from fetchrl.errors import FetchRLError
 from fetchrl.runtime import Runtime
@@ -32,7 +32,7 @@ def _diagnosis_or_none(paths: RunPaths) -> Any | None:
     from fetchrl.analysis.diagnose import diagnose_run
 
     try:
-        return diagnose_run(paths)
+        return diagnose_run(paths, algo=paths.names.algo)
     except FetchRLError as err:
         console.print(f"[yellow]diagnosis skipped: {err}[/]")
         return None
@@ -55,9 +55,15 @@ def _baselines(result: EvalResult, runtime: Runtime) -> list[EvalResult]:
 
 
 def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Any | None = None,
-           baselines: list[EvalResult] | None = None) -> int:
-    """Criteria table (trained vs random vs zero-action), diagnosis; writes the report markdown."""
-    from fetchrl.pipeline.report import print_criteria, write_report
+           baselines: list[EvalResult] | None = None, criteria: Sequence[Criterion] | None = None) -> int:
+    """Criteria table (trained vs random vs zero-action), diagnosis; writes the report markdown.
+
+    ``criteria``: the chapter's (default chapter 2's); the titles name the chapter of ``paths.names``.
+    """
+    from fetchrl.pipeline.report import CHAPTER_CRITERIA, chapter_heading, print_criteria, write_report
+
+    criteria = CHAPTER_CRITERIA if criteria is None else criteria
+    heading = chapter_heading(paths.names)
 
     result = EvalResult.from_json(paths.eval_json)
     if result.env_id != paths.env_id:
@@ -67,17 +73,19 @@ def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Any | None = None,
         sys.stderr.write(f"warning: {stale}\n")
     baselines = baselines if baselines is not None else _baselines(result, runtime)
     diagnosis = diagnosis if diagnosis is not None else _diagnosis_or_none(paths)
-    ok = print_criteria(result, baselines)
+    ok = print_criteria(result, baselines, f"{heading[0]} criteria — {result.env_id}, {result.n_episodes} episodes",
+                        criteria=criteria)
     if diagnosis is not None:
         diagnosis.print_table()
-    write_report(paths, result, baselines, diagnosis.to_markdown() if diagnosis is not None else "")
+    write_report(paths, result, baselines, diagnosis.to_markdown() if diagnosis is not None else "",
+                 criteria=criteria, title=f"{heading[0]} report: {heading[1]}")
     console.print(f"report: {paths.report_md}")
     return 0 if ok else 1
 
 
 def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, progress: bool = True,
-            video: bool = True, resume: bool = False, force: bool = False,
-            command: CommandLine | None = None) -> int:
+            video: bool = True, resume: bool = False, force: bool = False, command: CommandLine | None = None,
+            criteria: Sequence[Criterion] | None = None) -> int:
     """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report.
 
     ``resume``: continue an interrupted training (``train --resume``); when the seed's run of exactly
@@ -88,6 +96,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     from fetchrl.analysis.html_report import write_html_report
     from fetchrl.analysis.plots import plot_run
     from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.pipeline.report import CHAPTER_CRITERIA
     from fetchrl.pipeline.setup import runtime_for
     from fetchrl.pipeline.train import SCRIPT, finished_run, summary, train
     from fetchrl.tasks import checkenv
@@ -107,15 +116,15 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     console.print(f"evaluated {result.n_episodes} episodes in {result.eval_seconds:.1f} s -> {paths.eval_json}")
     diagnosis = _diagnosis_or_none(paths)
     baselines = _baselines(result, runtime)
-    code = report(paths, runtime, diagnosis=diagnosis, baselines=baselines)
-    curves = _plot_or_none(plot_run, paths.tb_dir, paths.curves_png)
+    code = report(paths, runtime, diagnosis=diagnosis, baselines=baselines, criteria=criteria)
+    curves = _plot_or_none(plot_run, paths.tb_dir, paths.curves_png, algo=paths.names.algo)
     gif = None
     if video:
         from fetchrl.analysis.video import record_video
 
         gif = record_video(paths, runtime, device=config.device)[0]
     html = write_html_report(paths, result=result, baselines=baselines, meta=meta, diagnosis=diagnosis,
-                             curves_png=curves, gif=gif)
+                             curves_png=curves, gif=gif, criteria=CHAPTER_CRITERIA if criteria is None else criteria)
     print_outputs({"curves": curves} | ({"video": gif} if video else {}) | {"HTML report": html})
     return code
 
@@ -323,7 +332,7 @@ def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequen
 def plot(paths: RunPaths, *, seeds: int | None = None) -> int:
     from fetchrl.analysis.plots import plot_multi_seed, plot_run
 
-    out = [plot_run(paths.tb_dir, paths.curves_png)]
+    out = [plot_run(paths.tb_dir, paths.curves_png, algo=paths.names.algo)]
     if seeds:
         logdirs = {s: RunPaths(paths.env_id, s, paths.root).tb_dir for s in range(seeds)}
         out.append(plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(paths.root)))

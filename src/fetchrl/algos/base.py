@@ -62,9 +62,10 @@ class Bounds:
 
     def describe(self) -> str:
         """``"a positive integer"``, ``"in (0, 1]"``, ``"> 0"``, ``">= 0"``: what follows "must be"."""
+        if self.integer and self.high == math.inf and self.low in (0, 1):
+            return "a positive integer" if self.low == 1 else "an integer >= 0"
         if self.integer:
-            return "a positive integer" if self.low == 1 and self.high == math.inf else \
-                f"an integer in [{self.low:g}, {self.high:g}]"
+            return f"an integer in [{self.low:g}, {self.high:g}]"
         if self.high == math.inf:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
@@ -84,6 +85,7 @@ class Bounds:
 
 
 POSITIVE_INT = Bounds(low=1, integer=True)
+NON_NEGATIVE_INT = Bounds(low=0, integer=True)
 POSITIVE = Bounds(low=0, low_open=True)
 NON_NEGATIVE = Bounds(low=0)
 UNIT_OPEN_CLOSED = Bounds(low=0, high=1, low_open=True)
@@ -131,7 +133,46 @@ def check_seed_span(seed: int, n_seeds: int, what: str = "--n-envs") -> None:
                            f"use --seed <= {MAX_SEED - n_seeds + 1}")
 
 
-def hyperparameter(default: T, bounds: Bounds) -> T:
+@dataclass(frozen=True)
+class AutoOrPositive:
+    """The values of SAC's ``ent_coef``: ``"auto"`` (learned, starting at 1), ``"auto_<x>"`` (learned,
+    starting at x > 0) or a positive number (fixed). Used like :class:`Bounds`: it validates the
+    dataclass and types the CLI flag, so both accept the same values and word a refusal the same way.
+    """
+
+    def contains(self, value: object) -> bool:
+        """True for ``"auto"``, ``"auto_<x>"`` with finite x > 0, or a finite number > 0 (never a bool)."""
+        if isinstance(value, str):
+            if value == "auto":
+                return True
+            head, _, tail = value.partition("_")
+            return head == "auto" and POSITIVE.contains(_float_or_none(tail))
+        return POSITIVE.contains(value)
+
+    def describe(self) -> str:
+        """What follows "must be"."""
+        return "'auto', 'auto_<initial value>' or a number > 0"
+
+    def parse(self, text: str) -> str | float:
+        """``"auto"`` / ``"auto_0.1"`` as given, anything else as a float; ValueError when not allowed."""
+        value: str | float | None = text if text.startswith("auto") else _float_or_none(text)
+        if value is None or not self.contains(value):
+            raise ValueError(f"expected {self.describe()}, got {text!r}")
+        return value
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+#: What a hyper-parameter field may declare as its accepted values.
+ValueSpec = Bounds | AutoOrPositive
+
+
+def hyperparameter(default: T, bounds: ValueSpec) -> T:
     """A dataclass field that is a tunable hyper-parameter: a CLI flag, a sweep-grid name, validated."""
     return field(default=default, metadata={"bounds": bounds})
 
@@ -197,13 +238,17 @@ class AlgoConfig:
     def validate(self) -> None:
         """Raise FetchRLError naming the flag, the allowed values and the bad one."""
         for f in self.tunable_fields():
-            bounds: Bounds = f.metadata["bounds"]
+            bounds: ValueSpec = f.metadata["bounds"]
             value = getattr(self, f.name)
             if not bounds.contains(value):
                 raise FetchRLError(f"{flag_name(f.name)} must be {bounds.describe()}, got {value!r}")
 
     def check_run(self, n_envs: int) -> None:
         """Checks that need the run's settings too (PPO: a minibatch fits in a rollout). None by default."""
+
+    def learn_kwargs(self, n_envs: int) -> dict[str, Any]:
+        """Extra keyword arguments for SB3's ``learn`` (none by default: SB3's own)."""
+        return {}
 
     def rollout_size(self, n_envs: int) -> int:
         """Transitions collected between two updates (an off-policy algorithm: one step of every env)."""
@@ -231,6 +276,11 @@ class Algorithm:
     """Returns fetchrl's bit-equal fast subclass, or None when the algorithm has none."""
     diagnostics_tags: tuple[str, ...]
     """TensorBoard tags (``fetchrl.metrics``) every training run of this algorithm must leave."""
+    checkpoint_members: tuple[str, ...] = ("data", "policy.pth", "policy.optimizer.pth")
+    """Members SB3's zip of this algorithm always has (a truncated zip lacks some)."""
+    on_policy: bool = True
+    """True: rollouts then updates (PPO; snapshots at every rollout boundary, updates logged by
+    fetchrl). False: a replay buffer (SAC; saved beside the checkpoint, snapshots only when due)."""
 
     @property
     def resume_names(self) -> tuple[str, ...]:

@@ -21,10 +21,12 @@ from typing import Any
 from fetchrl import __version__
 from fetchrl.analysis.diagnose import VERDICT
 from fetchrl.artifacts import AGGREGATE_FIELDS, EvalResult, RunPaths, TrainMeta, atomic_write_text, now_iso
+from fetchrl.config import Criterion
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline.report import (
     BASELINE_NOTE,
     CHAPTER_CRITERIA,
+    chapter_heading,
     check_criteria,
     criteria_table,
     overall_pass,
@@ -135,10 +137,10 @@ def _seed_range(result: EvalResult) -> str:
     return f"{result.seeds[0]}..{result.seeds[-1]}" if result.seeds else "-"
 
 
-def _header(paths: RunPaths, result: EvalResult) -> str:
-    verdict = "PASS" if overall_pass(check_criteria(result)) else "FAIL"
+def _header(paths: RunPaths, result: EvalResult, criteria: Sequence[Criterion]) -> str:
+    verdict = "PASS" if overall_pass(check_criteria(result, criteria)) else "FAIL"
     return (
-        f"<h1>Chapter 2 report: {esc(result.algo.upper())} on {esc(result.env_id)}, seed {esc(paths.seed)} "
+        f"<h1>{esc(chapter_heading(paths.names)[0])} report: {esc(result.algo.upper())} on {esc(result.env_id)}, seed {esc(paths.seed)} "
         f"<span class=\"badge {verdict.lower()}\">{verdict}</span></h1>"
         f"<p class=\"sub\">Checkpoint <code>{esc(result.checkpoint)}</code> — {esc(result.n_episodes)} "
         f"{'deterministic' if result.deterministic else 'stochastic'} episodes "
@@ -147,8 +149,20 @@ def _header(paths: RunPaths, result: EvalResult) -> str:
     )
 
 
-def _criteria_section(result: EvalResult, baselines: list[EvalResult]) -> str:
-    header, rows = criteria_table(result, baselines)
+def _criterion_words(c: Criterion) -> str:
+    """``success rate &gt; 90%``: one criterion as the note under the table words it."""
+    op = esc(c.op)
+    if c.metric == "success_rate":
+        return f"success rate {op} {c.threshold:.0%}"
+    if c.metric == "return_mean":
+        return f"mean return {op} {c.threshold:g}"
+    if c.metric == "final_distance_mean":
+        return f"mean final distance {op} {c.threshold:g} m"
+    return f"{esc(c.name)} {op} {c.threshold:g}"
+
+
+def _criteria_section(result: EvalResult, baselines: list[EvalResult], criteria: Sequence[Criterion]) -> str:
+    header, rows = criteria_table(result, baselines, criteria=criteria)
     verdict_col = header.index("verdict")
 
     def cell_class(column: int, value: str) -> str:
@@ -156,12 +170,12 @@ def _criteria_section(result: EvalResult, baselines: list[EvalResult]) -> str:
             return value.lower()  # "pass" / "fail"
         return "" if column == 0 else "num"
 
-    crit = {c.metric: c.threshold for c in CHAPTER_CRITERIA}
+    words = [_criterion_words(c) for c in criteria]
+    needs = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
     out = [
         "<h2>Chapter criteria</h2>",
         _table(header, rows, cell_class),
-        f"<p class=\"note\">PASS needs all three: success rate &gt; {crit['success_rate']:.0%}, mean return "
-        f"&gt; {crit['return_mean']:g} and mean final distance &lt; {crit['final_distance_mean']:g} m.</p>",
+        f"<p class=\"note\">PASS needs {'all three' if len(words) == 3 else f'all {len(words)}'}: {needs}.</p>",
     ]
     if baselines:
         out.append(f"<p>{esc(BASELINE_NOTE)}</p>")
@@ -253,13 +267,15 @@ def _versions_section(result: EvalResult, meta: TrainMeta | None) -> str:
 
 # ============================================================================ entry points
 def render_html(paths: RunPaths, *, result: EvalResult, baselines: list[EvalResult], meta: TrainMeta | None,
-                diagnosis: Any | None, curves_png: Path | None, gif: Path | None) -> str:
+                diagnosis: Any | None, curves_png: Path | None, gif: Path | None,
+                criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> str:
     """The page as a string (see :func:`write_html_report`)."""
-    ok = overall_pass(check_criteria(result))
-    title = f"Chapter 2 report — {result.env_id} seed {paths.seed}: {'PASS' if ok else 'FAIL'}"
+    ok = overall_pass(check_criteria(result, criteria))
+    title = (f"{chapter_heading(paths.names)[0]} report — {result.env_id} seed {paths.seed}: "
+             f"{'PASS' if ok else 'FAIL'}")
     body = [
-        _header(paths, result),
-        _criteria_section(result, baselines),
+        _header(paths, result, criteria),
+        _criteria_section(result, baselines, criteria),
         _diagnosis_section(diagnosis),
         _image_section("Training curves", curves_png, "training curves",
                        "no curves were plotted for this run."),
@@ -282,7 +298,7 @@ def render_html(paths: RunPaths, *, result: EvalResult, baselines: list[EvalResu
 
 def write_html_report(paths: RunPaths, *, result: EvalResult, baselines: list[EvalResult],
                       meta: TrainMeta | None, diagnosis: Any | None, curves_png: Path | None,
-                      gif: Path | None) -> Path:
+                      gif: Path | None, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> Path:
     """Write ``paths.html_report`` atomically: verdict, criteria, diagnosis, curves, video, metadata.
 
     Args:
@@ -294,11 +310,12 @@ def write_html_report(paths: RunPaths, *, result: EvalResult, baselines: list[Ev
             ...}], "healthy": bool}`` (``fetchrl.analysis.diagnose.Diagnosis``), or None.
         curves_png: the training-curves image to embed, or None.
         gif: the policy video to embed, or None.
+        criteria: the chapter's passing criteria (default chapter 2's).
 
     Returns:
         ``paths.html_report``.
     """
     page = render_html(paths, result=result, baselines=baselines, meta=meta, diagnosis=diagnosis,
-                       curves_png=curves_png, gif=gif)
+                       curves_png=curves_png, gif=gif, criteria=criteria)
     atomic_write_text(paths.html_report, page)
     return paths.html_report

@@ -99,3 +99,30 @@ class UpdateLogCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+class FinalLogCallback(BaseCallback):
+    """Write what an off-policy run recorded after SB3's last log dump, at the run's last step.
+
+    SB3's off-policy ``learn`` writes the logs every ``log_interval`` finished episodes
+    (:meth:`fetchrl.algos.base.AlgoConfig.learn_kwargs`); the updates after the last such dump would
+    never reach TensorBoard. When SB3 dumped at the last step itself, the update that followed it is
+    left out rather than written a second time at that step (TensorBoard's steps stay unique).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dumped_at = -1
+
+    def _on_rollout_end(self) -> None:
+        # Before the update: an empty logger means SB3 dumped during this step (a finished episode).
+        if not self.model.logger.name_to_value:
+            self._dumped_at = self.model.num_timesteps
+
+    def _on_training_end(self) -> None:
+        logger = self.model.logger
+        if logger.name_to_value and self._dumped_at != self.model.num_timesteps:
+            logger.dump(step=self.model.num_timesteps)
+
+    def _on_step(self) -> bool:
+        return True

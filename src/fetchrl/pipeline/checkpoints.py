@@ -15,6 +15,7 @@ its bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fetchrl.artifacts import RunPaths, TrainMeta, atomic_write_bytes, collect_versions
-from fetchrl.config import TrainConfig
+from fetchrl.config import TrainConfig, algorithm_named
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline import resume
 from fetchrl.pipeline.resume import META_MEMBER, STATE_MEMBER, ResumeState, Snapshot
@@ -33,8 +34,11 @@ from fetchrl.tasks import envs
 
 #: Versions that change the numbers a resumed run produces.
 RESUME_VERSION_KEYS = ("stable_baselines3", "torch", "mujoco", "gymnasium_robotics")
-#: Members every SB3 PPO checkpoint has.
+#: Members every SB3 PPO checkpoint has (each algorithm's: ``Algorithm.checkpoint_members``).
 SB3_MEMBERS = ("data", "policy.pth", "policy.optimizer.pth")
+#: fetchrl's member naming the replay buffer saved beside an off-policy checkpoint: its SHA-256, so a
+#: buffer file from another checkpoint (a crash between the two writes) is never resumed with this one.
+REPLAY_MEMBER = "fetchrl/replay_buffer.sha256"
 #: What SB3's ``load`` raises on a zip it cannot turn into a model.
 _LOAD_ERRORS = (zipfile.BadZipFile, EOFError, KeyError, RuntimeError, ValueError, OSError, AssertionError)
 
@@ -46,6 +50,9 @@ def write_checkpoint(paths: RunPaths, snapshot: Snapshot, meta: TrainMeta) -> No
     with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(STATE_MEMBER, snapshot.state)
         zf.writestr(META_MEMBER, json.dumps(asdict(meta), indent=2))
+        if snapshot.replay_buffer is not None:  # beside the zip, before it: the zip then names a buffer on disk
+            atomic_write_bytes(paths.replay_buffer, snapshot.replay_buffer)
+            zf.writestr(REPLAY_MEMBER, hashlib.sha256(snapshot.replay_buffer).hexdigest())
     atomic_write_bytes(paths.checkpoint, buf.getvalue())
     meta.to_json(paths.meta)
 
@@ -55,16 +62,17 @@ def _corrupt(ckpt: Path, why: str) -> FetchRLError:
     return FetchRLError(f"checkpoint {ckpt} is corrupt{why}; retrain or restore it")
 
 
-def _members(ckpt: Path, data: bytes) -> dict[str, bytes | None]:
-    """fetchrl's members of the zip ``data`` (None when absent), after checking SB3's members and every CRC."""
+def _members(ckpt: Path, data: bytes, sb3_members: tuple[str, ...] = SB3_MEMBERS) -> dict[str, bytes | None]:
+    """fetchrl's members of the zip ``data`` (None when absent), after checking ``sb3_members`` and every CRC."""
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise _corrupt(ckpt, " or truncated (not a zip)")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = set(zf.namelist())
-            missing = sorted(set(SB3_MEMBERS) - names)
+            missing = sorted(set(sb3_members) - names)
             bad = None if missing else zf.testzip()
-            ours = {m: zf.read(m) if m in names and bad is None else None for m in (META_MEMBER, STATE_MEMBER)}
+            ours = {m: zf.read(m) if m in names and bad is None else None
+                    for m in (META_MEMBER, STATE_MEMBER, REPLAY_MEMBER)}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         raise _corrupt(ckpt, f" or truncated ({err})") from None
     if missing:  # a truncated SB3 zip can still look like a zip: torch stores each .pth as a zip of its own
@@ -97,6 +105,8 @@ class Checkpoint:
     state_bytes: bytes | None = field(repr=False)
     """fetchrl's resume state, still pickled (None: written without one). Unpickled only to resume,
     so a damaged one never stops an evaluation."""
+    replay_sha256: str | None = None
+    """SHA-256 of the replay buffer saved beside it (None: none saved; an on-policy checkpoint)."""
 
     @classmethod
     def read(cls, paths: RunPaths) -> Checkpoint:
@@ -113,10 +123,11 @@ class Checkpoint:
             data = ckpt.read_bytes()
         except OSError as err:
             raise FetchRLError(f"cannot read checkpoint {ckpt}: {err.strerror or err}") from None
-        members = _members(ckpt, data)
+        members = _members(ckpt, data, algorithm_named(paths.names.algo).checkpoint_members)
         side = TrainMeta.from_json(paths.meta) if paths.meta.is_file() else None
         inside = _embedded_meta(ckpt, members[META_MEMBER])
-        return cls(ckpt, data, inside or side, members[STATE_MEMBER])
+        replay = members[REPLAY_MEMBER]
+        return cls(ckpt, data, inside or side, members[STATE_MEMBER], replay.decode() if replay else None)
 
     def resume_state(self) -> ResumeState | None:
         """The unpickled resume state (FetchRLError naming the file when it is corrupt)."""
@@ -171,7 +182,8 @@ def load_model(paths: RunPaths, runtime: Runtime, *, device: str = "cpu", checkp
     if runtime.env_id != paths.env_id:
         raise ValueError(f"runtime for {runtime.env_id} given for a run of {paths.env_id}")
     checkpoint = checkpoint or Checkpoint.read(paths)
-    return checkpoint.load(model_class(runtime), runtime.env_id, _spaces(runtime), device=device)
+    return checkpoint.load(model_class(runtime, algorithm_named(paths.names.algo)), runtime.env_id,
+                           _spaces(runtime), device=device)
 
 
 # ============================================================================ resuming
@@ -202,6 +214,27 @@ class ResumePlan:
     """What differs from the run's configuration (only with ``--force``; the continuation is then not exact)."""
     state: ResumeState | None
     """fetchrl's resume state (None: a checkpoint written without one)."""
+    replay_buffer: bytes | None = None
+    """The pickled replay buffer an off-policy run continues with, read once and checked (None: on-policy)."""
+
+
+def _read_replay_buffer(paths: RunPaths, checkpoint: Checkpoint) -> bytes:
+    """The replay buffer beside an off-policy checkpoint, checked against the digest the zip holds.
+
+    Resuming without it would restart learning from an empty buffer: refused, naming the file.
+    """
+    where = paths.replay_buffer
+    if checkpoint.replay_sha256 is None:
+        raise FetchRLError(f"cannot resume {checkpoint.path}: it names no replay buffer; retrain it")
+    try:
+        data = where.read_bytes()
+    except OSError as err:
+        raise FetchRLError(f"cannot resume {checkpoint.path}: its replay buffer {where} cannot be read "
+                           f"({err.strerror or err}); retrain it") from None
+    if hashlib.sha256(data).hexdigest() != checkpoint.replay_sha256:
+        raise FetchRLError(f"cannot resume {checkpoint.path}: the replay buffer {where} belongs to another "
+                           "checkpoint; retrain it")
+    return data
 
 
 def plan_resume(config: TrainConfig, paths: RunPaths, *, force: bool = False,
@@ -228,7 +261,8 @@ def plan_resume(config: TrainConfig, paths: RunPaths, *, force: bool = False,
             f"{ckpt} already has {meta.num_timesteps} steps >= --total-steps {config.total_steps}; "
             "raise --total-steps to train further"
         )
-    return ResumePlan(checkpoint, meta, tuple(problems), checkpoint.resume_state())
+    replay = None if algorithm_named(paths.names.algo).on_policy else _read_replay_buffer(paths, checkpoint)
+    return ResumePlan(checkpoint, meta, tuple(problems), checkpoint.resume_state(), replay)
 
 
 @dataclass
@@ -259,8 +293,11 @@ def resume_model(plan: ResumePlan, config: TrainConfig, runtime: Runtime, env: A
         env_restored = inexact is None
     if plan.problems:
         inexact = inexact or "resumed with --force despite: " + "; ".join(plan.problems)
-    model = plan.checkpoint.load(model_class(runtime), config.env_id, (env.observation_space, env.action_space),
-                                 env=env, device=config.device, force_reset=not env_restored, **config.ppo_kwargs())
+    model = plan.checkpoint.load(model_class(runtime, config.algorithm), config.env_id,
+                                 (env.observation_space, env.action_space), env=env, device=config.device,
+                                 force_reset=not env_restored, **config.sb3_kwargs())
+    if plan.replay_buffer is not None:
+        model.load_replay_buffer(io.BytesIO(plan.replay_buffer))
     if state is not None:
         resume.restore_sb3(model, state.sb3, with_env=env_restored)
     return Resumed(model, state, inexact)

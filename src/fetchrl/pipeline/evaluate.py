@@ -160,7 +160,7 @@ def _run_chunk(pool: list[Any], policy: Policy, seeds: list[int]) -> list[Episod
 
 
 def evaluate_policy(runtime: Runtime, policy: Policy, eval_config: EvalConfig, *, checkpoint: str = "",
-                    device: str = "cpu", progress: bool = False) -> EvalResult:
+                    device: str = "cpu", progress: bool = False, algo: str = ALGO) -> EvalResult:
     """Score ``policy`` on ``runtime``'s task and the documented episode seeds; nothing is written.
 
     Memory is flat in the episode count but for one small :class:`EpisodeRecord` (~0.5 kB) an episode:
@@ -173,7 +173,7 @@ def evaluate_policy(runtime: Runtime, policy: Policy, eval_config: EvalConfig, *
                             progress=progress)
     return EvalResult(
         created_at=now_iso(),
-        algo=ALGO,
+        algo=algo,
         env_id=runtime.env_id,
         checkpoint=checkpoint,
         device=device,
@@ -194,7 +194,8 @@ def evaluate(paths: RunPaths, eval_config: EvalConfig, runtime: Runtime, *, devi
     checkpoint = Checkpoint.read(paths)  # read once: loaded, and its digest recorded (report refuses a stale pair)
     model = load_model(paths, runtime, device=device, checkpoint=checkpoint)
     result = evaluate_policy(runtime, SB3Policy(model, eval_config.deterministic), eval_config,
-                             checkpoint=str(paths.checkpoint), device=str(model.device), progress=progress)
+                             checkpoint=str(paths.checkpoint), device=str(model.device), progress=progress,
+                             algo=paths.names.algo)
     result.checkpoint_sha256 = hashlib.sha256(checkpoint.data).hexdigest()
     result.checkpoint_created_at = checkpoint.meta.created_at if checkpoint.meta is not None else ""
     result.to_json(paths.eval_json)

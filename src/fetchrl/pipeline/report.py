@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fetchrl.artifacts import EvalResult, RunPaths, atomic_write_text
+from fetchrl.artifacts import ArtifactNames, EvalResult, RunPaths, atomic_write_text
 from fetchrl.config import Criterion
 
 
@@ -38,6 +38,12 @@ BASELINE_NOTE = (
     "already scores a mean return of about -7 on FetchReachDense, above the -10 threshold. "
     "Success rate and final distance are the criteria that separate a trained policy from these baselines."
 )
+
+
+def chapter_heading(names: ArtifactNames) -> tuple[str, str]:
+    """``("Chapter 3", "SAC")`` for chapter 3's names: how the report titles name the chapter and algorithm."""
+    number = names.chapter.removeprefix("ch").lstrip("0")
+    return (f"Chapter {number}" if number.isdigit() else names.chapter), names.algo.upper()
 
 
 def check_criteria(result: EvalResult, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> list[CriterionResult]:
@@ -81,11 +87,12 @@ def criteria_table(result: EvalResult, baselines: list[EvalResult] | None = None
 
 
 def render_markdown(result: EvalResult, baselines: list[EvalResult] | None = None,
-                    diagnosis_md: str = "", *, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> str:
+                    diagnosis_md: str = "", *, criteria: Sequence[Criterion] = CHAPTER_CRITERIA,
+                    title: str = "Chapter 2 report: PPO") -> str:
     header, rows = criteria_table(result, baselines, criteria=criteria)
     verdict = "PASS" if overall_pass(check_criteria(result, criteria)) else "FAIL"
     lines = [
-        f"# Chapter 2 report: PPO on {result.env_id}",
+        f"# {title} on {result.env_id}",
         "",
         f"Checkpoint: `{result.checkpoint}` — {result.n_episodes} deterministic episodes "
         f"(reset seeds {result.seeds[0]}..{result.seeds[-1]}).",
@@ -105,8 +112,9 @@ def render_markdown(result: EvalResult, baselines: list[EvalResult] | None = Non
 
 
 def write_report(paths: RunPaths, result: EvalResult, baselines: list[EvalResult] | None = None,
-                 diagnosis_md: str = "", *, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> str:
-    text = render_markdown(result, baselines, diagnosis_md, criteria=criteria)
+                 diagnosis_md: str = "", *, criteria: Sequence[Criterion] = CHAPTER_CRITERIA,
+                 title: str = "Chapter 2 report: PPO") -> str:
+    text = render_markdown(result, baselines, diagnosis_md, criteria=criteria, title=title)
     atomic_write_text(paths.report_md, text)
     return text
 

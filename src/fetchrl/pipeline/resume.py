@@ -118,6 +118,8 @@ def restore_rng(rng: dict[str, Any]) -> None:
 # ============================================================================ SB3 and its logger
 def capture_sb3(model: Any) -> dict[str, Any]:
     out = {name: copy.deepcopy(getattr(model, name, None)) for name in _SB3_ATTRS}
+    # SAC's warm-up actions come from the model's action space, which SB3's load reseeds with the run's seed.
+    out["action_space_rng"] = copy.deepcopy(model.action_space.np_random.bit_generator.state)
     for name in ("ep_info_buffer", "ep_success_buffer"):
         buf = getattr(model, name, None)
         out[name] = None if buf is None else (list(copy.deepcopy(buf)), buf.maxlen)
@@ -134,6 +136,8 @@ def restore_sb3(model: Any, sb3: dict[str, Any], *, with_env: bool) -> None:
         if sb3.get(name) is not None:
             items, maxlen = sb3[name]
             setattr(model, name, deque(copy.deepcopy(items), maxlen=maxlen))
+    if sb3.get("action_space_rng") is not None:  # absent from states saved before it was captured
+        model.action_space.np_random.bit_generator.state = copy.deepcopy(sb3["action_space_rng"])
 
 
 def capture_logger(logger: Any) -> dict[str, Any]:
@@ -279,13 +283,17 @@ class Snapshot:
     model_zip: bytes
     state: bytes
     exact: bool
+    replay_buffer: bytes | None = None
+    """An off-policy model's replay buffer, pickled as SB3's ``save_replay_buffer`` writes it (None: on-policy)."""
 
     @classmethod
     def take(cls, model: Any, wall_time_s: float) -> Snapshot:
         buf = io.BytesIO()
         model.save(buf)
         state = capture(model)
-        return cls(int(model.num_timesteps), wall_time_s, buf.getvalue(), state.to_bytes(), state.exact)
+        replay = getattr(model, "replay_buffer", None)  # SB3 leaves it out of the zip
+        replay_bytes = None if replay is None else pickle.dumps(replay, protocol=pickle.HIGHEST_PROTOCOL)
+        return cls(int(model.num_timesteps), wall_time_s, buf.getvalue(), state.to_bytes(), state.exact, replay_bytes)
 
 
 class RolloutSnapshots(BaseCallback):
@@ -330,6 +338,44 @@ class RolloutSnapshots(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+class DueSnapshots(RolloutSnapshots):
+    """:class:`RolloutSnapshots` for an off-policy algorithm: a snapshot only when one is due.
+
+    With ``train_freq=1`` every vector step is a rollout, and a snapshot holds the replay buffer (up to
+    a million transitions), so none is taken at an ordinary boundary. At a boundary (SB3's
+    ``on_rollout_start``: after the previous update, before the next env step) a snapshot is taken when
+
+    - ``should_stop()`` is true (a signal arrived): it becomes :attr:`latest`, and the next ``on_step``
+      returns False. SB3's off-policy loop checks that return value *before* it stores the step's
+      transition, so the step taken after the snapshot is dropped whole and redone on resume;
+    - ``every`` steps passed since the last write: it is handed to ``write``.
+
+    Use it instead of :class:`~fetchrl.pipeline.callbacks.StopFlagCallback`, which would stop at a step
+    with no snapshot taken.
+    """
+
+    def __init__(self, write: Callable[[Snapshot], object], should_stop: Callable[[], bool], every: int = 0,
+                 wall_offset: float = 0.0) -> None:
+        super().__init__(write, every, wall_offset)
+        self.should_stop = should_stop
+        self.stopping = False
+
+    def _on_rollout_start(self) -> None:
+        self.in_rollout = True
+        steps = int(self.model.num_timesteps)
+        due = bool(self.every) and steps - self._last_written >= self.every
+        if not (due or self.should_stop()):
+            return
+        self.latest = Snapshot.take(self.model, self.wall_time())
+        self.stopping = self.should_stop()
+        if due:
+            self.write(self.latest)
+            self._last_written = steps
+
+    def _on_step(self) -> bool:
+        return not self.stopping
 
 
 # ============================================================================ TensorBoard

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from fetchrl.algos.base import Algorithm
 from fetchrl.algos.ppo import PPO
 from fetchrl.config import TrainConfig
 from fetchrl.runtime import Runtime
@@ -25,17 +26,18 @@ def runtime_for(config: TrainConfig) -> Runtime:
     return Runtime.decide(config.env_id, reference_env=not config.fast_env)
 
 
-def model_class(runtime: Runtime) -> type[BaseAlgorithm]:
-    """The class that trains, resumes and loads models on ``runtime``: the algorithm's fast class on the
+def model_class(runtime: Runtime, algorithm: Algorithm = PPO) -> type[BaseAlgorithm]:
+    """The class that trains, resumes and loads ``algorithm``'s models on ``runtime``: its fast class on the
     fast path (FastPPO: SB3's PPO, same numbers, less Python per step), SB3's own class on the
     reference path, so that ``--reference-env`` stays plain SB3."""
-    return PPO.model_class(fast=runtime.fast)
+    return algorithm.model_class(fast=runtime.fast)
 
 
 def new_model(config: TrainConfig, runtime: Runtime, env: Any) -> Any:
-    """A fresh model of :func:`model_class` with ``config``'s hyper-parameters, on ``env`` (``runtime``'s VecEnv)."""
-    return model_class(runtime)(config.policy, env, seed=config.seed, device=config.device, verbose=0,
-                                **config.ppo_kwargs())
+    """A fresh model of :func:`model_class` with ``config``'s algorithm and hyper-parameters, on ``env``
+    (``runtime``'s VecEnv)."""
+    return model_class(runtime, config.algorithm)(config.policy, env, seed=config.seed, device=config.device,
+                                                  verbose=0, **config.sb3_kwargs())
 
 
 @contextlib.contextmanager

@@ -56,9 +56,9 @@ from stable_baselines3.common.logger import configure
 from fetchrl import portable
 from fetchrl.algos.base import flag_name
 from fetchrl.artifacts import RunPaths, TrainMeta, collect_versions, now_iso
-from fetchrl.config import ALGO, TrainConfig
+from fetchrl.config import TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.pipeline.callbacks import ProgressCallback, StopFlagCallback, UpdateLogCallback
+from fetchrl.pipeline.callbacks import FinalLogCallback, ProgressCallback, StopFlagCallback, UpdateLogCallback
 from fetchrl.pipeline.checkpoints import (
     Checkpoint,
     ResumePlan,
@@ -69,6 +69,7 @@ from fetchrl.pipeline.checkpoints import (
 )
 from fetchrl.pipeline.lock import run_lock
 from fetchrl.pipeline.resume import (
+    DueSnapshots,
     ResumeState,
     RolloutSnapshots,
     Snapshot,
@@ -239,6 +240,7 @@ def _discard(paths: RunPaths) -> None:
               f"{checkpoint.meta.total_steps} steps) is discarded")
     paths.checkpoint.unlink(missing_ok=True)
     paths.meta.unlink(missing_ok=True)
+    paths.replay_buffer.unlink(missing_ok=True)
     if paths.tb_dir.exists():
         shutil.rmtree(paths.tb_dir)
 
@@ -258,6 +260,8 @@ def promote(paths: RunPaths) -> None:
         shutil.rmtree(old, ignore_errors=True)
     if partial.meta.is_file():
         os.replace(partial.meta, paths.meta)
+    if partial.replay_buffer.is_file():  # an off-policy run's; the zip it belongs to names its digest
+        os.replace(partial.replay_buffer, paths.replay_buffer)
     os.replace(partial.checkpoint, paths.checkpoint)
 
 
@@ -348,7 +352,7 @@ def _meta(config: TrainConfig, paths: RunPaths, model: Any, snapshot: Snapshot, 
     wall = snapshot.wall_time_s
     return TrainMeta(
         created_at=now_iso(),
-        algo=ALGO,
+        algo=config.algorithm.name,
         env_id=config.env_id,
         seed=config.seed,
         device=str(model.device),
@@ -509,16 +513,22 @@ def _learn(config: TrainConfig, run: RunPlan, runtime: Runtime, stop: StopReques
         model = start.model
         model.set_logger(configure(str(run.out.tb_dir), ["tensorboard"]))
         write = _CheckpointWriter(config, run, model)
-        snapshots = RolloutSnapshots(write, every=checkpoint_every, wall_offset=start.wall_time_s)
-        callbacks = [UpdateLogCallback(), snapshots, StopFlagCallback(stop),  # UpdateLog first: see its doc
-                     ProgressCallback(config.steps_in_whole_rollouts, f"train seed {config.seed}", start=model.num_timesteps,
-                                      disable=not progress)]
+        bar = ProgressCallback(config.steps_in_whole_rollouts, f"train seed {config.seed}", start=model.num_timesteps,
+                               disable=not progress)
+        snapshots: RolloutSnapshots
+        if config.algorithm.on_policy:
+            snapshots = RolloutSnapshots(write, every=checkpoint_every, wall_offset=start.wall_time_s)
+            callbacks = [UpdateLogCallback(), snapshots, StopFlagCallback(stop), bar]  # UpdateLog first: see its doc
+        else:  # a snapshot holds the replay buffer: taken only when due (see DueSnapshots); SB3 writes the logs
+            snapshots = DueSnapshots(write, stop, every=checkpoint_every, wall_offset=start.wall_time_s)
+            callbacks = [snapshots, bar, FinalLogCallback()]
         if start.state is not None:  # last, right before learn: nothing else may draw from the generators
             restore_logger(model.logger, start.state.logger)
             restore_rng(start.state.rng)
         try:
             model.learn(config.total_steps - model.num_timesteps, callback=callbacks,
-                        reset_num_timesteps=run.resume is None, progress_bar=False)
+                        reset_num_timesteps=run.resume is None, progress_bar=False,
+                        **config.algo.learn_kwargs(config.n_envs))
         finally:
             model.logger.close()
         if stop.signum is not None and snapshots.in_rollout and snapshots.latest is not None:
