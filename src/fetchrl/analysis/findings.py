@@ -17,6 +17,7 @@ import numpy as np
 
 from fetchrl.analysis.tbreader import Series
 from fetchrl.artifacts import json_safe, write_json
+from fetchrl.console import make_console, new_table
 
 Severity = Literal["warning", "outside_range", "ok", "info"]
 
@@ -127,16 +128,12 @@ class Diagnosis:
 
     def print_table(self, console: Any = None) -> None:
         """Print the findings as a rich table, then the verdict line."""
-        from rich.console import Console
         from rich.markup import escape
-        from rich.table import Table
 
-        console = console or Console()
-        table = Table(title=f"Training diagnosis — {self.logdir}", show_lines=True)
-        table.add_column("signal / check", no_wrap=True)
-        table.add_column("observed", ratio=3)
-        table.add_column("verdict", no_wrap=True)
-        table.add_column("likely problem → fix", ratio=2)
+        console = console or make_console()
+        table = new_table(f"Training diagnosis — {self.logdir}",
+                          ["signal / check", "observed", "verdict", "likely problem → fix"])
+        table.show_lines = True
         styles = {VERDICT["warning"]: "bold red", VERDICT["outside_range"]: "magenta", VERDICT["ok"]: "green",
                   VERDICT["info"]: "yellow"}
         for signal, check, observed, verdict, problem, fix in self._rows():
