@@ -304,6 +304,22 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(reference: Run
     _assert_equal(_state(reference), _state(paths))
 
 
+def test_resume_is_bit_exact_on_the_fast_path_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default path (fetchrl's env in the process VecEnv, FastSAC when present): one stop after
+    learning started, resumed, equals the uninterrupted run."""
+    fast = SMALL.replace(fast_env=True, total_steps=800)
+    reference = CH03.paths(ENV_ID, 0, tmp_path / "reference")
+    train(fast, reference, progress=False)
+    paths = CH03.paths(ENV_ID, 0, tmp_path / "resumed")
+    _interrupt_at(monkeypatch, 600)
+    with pytest.raises(TrainingInterrupted):
+        train(fast, paths, progress=False)
+    monkeypatch.undo()
+    assert TrainMeta.from_json(paths.meta).num_timesteps == 600
+    train(fast, paths, progress=False, resume=True)
+    _assert_equal(_state(reference), _state(paths))
+
+
 def test_every_checkpoint_names_the_replay_buffer_written_with_it(tmp_path: Path) -> None:
     import hashlib
     import zipfile
