@@ -199,20 +199,25 @@ def test_a_crash_during_promotion_is_completed_by_the_next_run(finished: RunPath
 
 
 # ============================================================================ class 5: recovery paths
-def test_all_resume_after_training_finished_evaluates_and_reports(finished: RunPaths, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("resume", [False, True])
+def test_all_over_a_finished_run_evaluates_and_reports_it(finished: RunPaths, tmp_path: Path, resume: bool,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``all`` (a second ``make run``) and ``all --resume`` (``all`` died during eval) reuse the finished run
+    of the same configuration; one of another configuration is refused, naming --force."""
     paths = _copy(finished, tmp_path / "run")
     before = _digests(paths)
     args = ["all", "--root", str(paths.root), *RUN_ARGS, "--total-steps", str(FINISHED.total_steps),
-            "--n-eval-episodes", "2", "--no-video"]
-    assert main(args) == 2  # without --resume (or --force): the finished run is not trained over
-    assert "holds a finished run" in capsys.readouterr().err
-    code = main([*args, "--resume"])
+            "--n-eval-episodes", "2", "--no-video", *(["--resume"] if resume else [])]
+    code = main(args)
     out = capsys.readouterr().out
     assert code in (0, 1), out  # 1: a 2,048-step policy fails the chapter's criteria, as the report says
-    assert "training already finished" in out
+    assert "training already finished" in out and "--force retrains" in out
     assert paths.eval_json.is_file() and paths.report_md.is_file()
     assert _digests(paths) == before
+    if not resume:  # another configuration is not trained over without --force
+        assert main([*args, "--learning-rate", "1e-4"]) == 2
+        assert "holds a finished run" in capsys.readouterr().err
+        assert _digests(paths) == before
 
 
 def test_a_second_training_of_the_same_run_is_refused_naming_the_first(

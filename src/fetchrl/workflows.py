@@ -88,9 +88,10 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
             criteria: Sequence[Criterion] | None = None) -> int:
     """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report.
 
-    ``resume``: continue an interrupted training (``train --resume``); when the seed's run of exactly
-    ``config`` already finished (e.g. ``all`` died during evaluation), go straight to evaluation.
-    ``force``: as ``train --force`` (train over a finished run; with ``resume``: despite differences).
+    When the seed's run of exactly ``config`` already finished (a second ``all``, or ``all`` died
+    during evaluation), training is skipped and the finished run evaluated.
+    ``resume``: continue an interrupted training (``train --resume``).
+    ``force``: as ``train --force`` (retrain over a finished run; with ``resume``: despite differences).
     ``command``: the chapter's :class:`fetchrl.pipeline.train.CommandLine` (default chapter 2's).
     """
     from fetchrl.analysis.html_report import write_html_report
@@ -104,10 +105,12 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     runtime = runtime_for(config)  # the env path of every stage below
     if not checkenv.print_checks(config.env_id, checkenv.run_checks(runtime)):
         raise FetchRLError(f"check-env failed for {config.env_id}; not training", exit_code=1)
-    done = finished_run(config, paths) if resume else None
+    # A finished run of exactly this config is reused, so a second `make run` re-evaluates instead of
+    # refusing; --force retrains it (the finished run is kept until the new one completes).
+    done = None if force and not resume else finished_run(config, paths)
     if done is not None:
         meta = done
-        console.print(f"training already finished: {summary(meta)} -> {paths.checkpoint}")
+        console.print(f"training already finished: {summary(meta)} -> {paths.checkpoint} (--force retrains)")
     else:
         meta = train(config, paths, progress=progress, resume=resume, force=force, runtime=runtime,
                      command=command or SCRIPT)
