@@ -17,7 +17,9 @@ all see the same machine load. ``learning_starts`` is lowered to ``--learning-st
 (the update phase is what dominates a run; the warm-up phase, random actions, is timed separately).
 Since FastSAC's numbers are SB3's, both arms need the same env steps to reach the chapter's
 criteria: the time-to-criteria ratio is the steps/s ratio of the update phase.
-The machine may be shared: read the *ratios*, and repeat (``--repeats``).
+The machine may be shared: read the *ratios*, and repeat (``--repeats``). torch's default thread
+count (two here) makes the ``plain`` arm swing with the load of the other processes (OpenMP threads
+spin-waiting for a core: 33-386 steps/s in one invocation); ``plain-1t`` isolates what the code gains.
 
     python bench/bench_sac.py                  # ~2-4 minutes
     python bench/bench_sac.py --one-thread-plain --repeats 3
@@ -128,12 +130,12 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _chapter_hours(r: dict[str, Any]) -> float:
+def _chapter_minutes(r: dict[str, Any]) -> float:
     """The chapter's default run (500k steps, 10k random) at this measurement's two rates. FastSAC's
     numbers are SB3's, so it reaches the criteria at the same env step: this ratio is the time-to-criteria
     ratio at any step count (the update phase dominates it)."""
     return (CHAPTER_LEARNING_STARTS / r["warmup_sps"]
-            + (CHAPTER_STEPS - CHAPTER_LEARNING_STARTS) / r["update_sps"]) / 3600
+            + (CHAPTER_STEPS - CHAPTER_LEARNING_STARTS) / r["update_sps"]) / 60
 
 
 def _fmt(values: list[float]) -> str:
@@ -153,13 +155,13 @@ def print_table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespa
     for key, label in (("warmup_sps", "steps/s before updates"), ("update_sps", "steps/s with updates"),
                        ("peak_rss_mb", "peak RSS MB (main process)"), ("buffer_mb_1m", "replay buffer MB at 1M")):
         print(f"{label:28s}" + "".join(f"{_fmt([r[key] for r in results[a]]):>24s}" for a in arms))
-    hours = {a: [_chapter_hours(r) for r in results[a]] for a in arms}
-    print(f"{'chapter run, projected h':28s}" + "".join(f"{_fmt(hours[a]):>24s}" for a in arms))
+    minutes = {a: [_chapter_minutes(r) for r in results[a]] for a in arms}
+    print(f"{'500k-step run, projected min':28s}" + "".join(f"{_fmt(minutes[a]):>24s}" for a in arms))
     plain = statistics.median(r["update_sps"] for r in results["plain"])
     for arm in arms[1:]:
         fast = statistics.median(r["update_sps"] for r in results[arm])
         print(f"ratio {arm} / plain, steps/s with updates: {fast / plain:.2f}x; "
-              f"projected time of the chapter's run: {statistics.median(hours['plain']) / statistics.median(hours[arm]):.2f}x")
+              f"projected time of the chapter's run: {statistics.median(minutes['plain']) / statistics.median(minutes[arm]):.2f}x")
     if "fetchrl" in results and "plain-1t" in results:
         one = statistics.median(r["update_sps"] for r in results["plain-1t"])
         fast = statistics.median(r["update_sps"] for r in results["fetchrl"])
