@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
+import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
 from tqdm.auto import tqdm
 
 from fetchrl.algos.base import check_run_value
@@ -51,7 +53,7 @@ class SB3Policy:
 
     name = "trained"
 
-    def __init__(self, model: Any, deterministic: bool = True) -> None:
+    def __init__(self, model: BaseAlgorithm, deterministic: bool = True) -> None:
         self.model = model
         self.deterministic = deterministic
 
@@ -131,7 +133,7 @@ def run_episodes(runtime: Runtime, policy: Policy, seeds: Sequence[int], *, n_en
     return records
 
 
-def _run_chunk(pool: list[Any], policy: Policy, seeds: list[int]) -> list[EpisodeRecord]:
+def _run_chunk(pool: list[gym.Env], policy: Policy, seeds: list[int]) -> list[EpisodeRecord]:
     policy.reset(seeds)
     obs = [e.reset(seed=s)[0] for e, s in zip(pool, seeds, strict=True)]
     n = len(pool)
@@ -205,6 +207,8 @@ def evaluate(paths: RunPaths, eval_config: EvalConfig, runtime: Runtime, *, devi
 def baseline_results(runtime: Runtime, eval_config: EvalConfig) -> list[EvalResult]:
     """Random and zero-action policies on the same episode seeds (the report's reference rows)."""
     probe = envs.make_env(runtime)
-    act_dim = int(probe.action_space.shape[0])
+    shape = probe.action_space.shape
+    assert shape is not None, "a Box action space"  # for mypy: Space.shape is Optional
+    act_dim = int(shape[0])
     probe.close()
     return [evaluate_policy(runtime, p, eval_config) for p in (RandomPolicy(act_dim), ZeroPolicy(act_dim))]

@@ -16,10 +16,15 @@ import difflib
 import io
 import os
 import warnings
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from fetchrl.errors import FetchRLError
 from fetchrl.runtime import Runtime
+
+if TYPE_CHECKING:  # imported lazily below: MuJoCo's GL backend must be chosen first
+    import gymnasium as gym
+    import numpy.typing as npt
 
 #: gymnasium-robotics releases that break with mujoco >= 3.12 (AssertionError in set_joint_qpos).
 _BROKEN_WITH_NEW_MUJOCO = ("1.4.0", "1.4.1", "1.4.2")
@@ -130,7 +135,7 @@ def validate_env_id(env_id: str) -> None:
     raise FetchRLError(f"unknown env id {env_id!r}{hint}")
 
 
-def make_env(runtime: Runtime, *, render_mode: str | None = None, **kwargs: Any) -> Any:
+def make_env(runtime: Runtime, *, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
     """Create one Gymnasium env of ``runtime.env_id`` on ``runtime``'s path (TimeLimit of 50 steps for Fetch).
 
     Args:
@@ -153,7 +158,7 @@ def make_env(runtime: Runtime, *, render_mode: str | None = None, **kwargs: Any)
         return gym.make(runtime.env_id, render_mode=render_mode, **kwargs)
 
 
-def goal_distance(obs: dict[str, Any]) -> float:
+def goal_distance(obs: Mapping[str, npt.ArrayLike]) -> float:
     """||achieved_goal - desired_goal|| in metres for one goal-conditioned observation ([3] arrays)."""
     import numpy as np
 

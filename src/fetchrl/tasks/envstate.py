@@ -12,8 +12,10 @@ the goal. No torch here: the env worker process imports this module.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, TypedDict, cast
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 
@@ -21,20 +23,48 @@ import numpy as np
 _SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
+class EnvState(TypedDict):
+    """One env's saved state (:func:`get_env_state`)."""
+
+    sim: np.ndarray
+    goal: np.ndarray | None
+    np_random: Mapping[str, object]
+    action_space_rng: Mapping[str, object]
+
+
+class _MujocoBase(Protocol):
+    """What this module reads of an unwrapped Gymnasium MuJoCo env (Gymnasium-Robotics is untyped)."""
+
+    model: mujoco.MjModel
+    data: mujoco.MjData
+    np_random: np.random.Generator
+    goal: np.ndarray
+
+
+class WrappedEnv(Protocol):
+    """A Gymnasium env, wrapped or bare (a ``gym.Env`` or :class:`fetchrl.tasks.fast.RawEnv`)."""
+
+    @property
+    def unwrapped(self) -> gym.Env: ...
+
+    @property
+    def action_space(self) -> gym.spaces.Space: ...
+
+
 class NotCapturable(Exception):
     """The env holds state this module does not know how to save (not a MuJoCo env, or an unknown wrapper)."""
 
 
-def get_env_state(env: Any) -> dict[str, Any]:
+def get_env_state(env: WrappedEnv) -> EnvState:
     """Picklable copies of what decides an env's next steps: MuJoCo's integration state (``sim``,
     float64 [mj_stateSize]), the goal ([3] or None), the env's ``np_random`` state and its action
     space's generator state. ``env`` may be wrapped; the state is read from ``env.unwrapped``.
 
     Raises NotCapturable when ``env`` is not a MuJoCo env.
     """
-    base = env.unwrapped
-    if not isinstance(getattr(base, "data", None), mujoco.MjData):
-        raise NotCapturable(f"{type(base).__name__} is not a MuJoCo env")
+    if not isinstance(getattr(env.unwrapped, "data", None), mujoco.MjData):
+        raise NotCapturable(f"{type(env.unwrapped).__name__} is not a MuJoCo env")
+    base = cast(_MujocoBase, env.unwrapped)
     sim = np.empty(mujoco.mj_stateSize(base.model, _SIM_STATE), dtype=np.float64)
     mujoco.mj_getState(base.model, base.data, sim, _SIM_STATE)
     goal = getattr(base, "goal", None)
@@ -43,12 +73,12 @@ def get_env_state(env: Any) -> dict[str, Any]:
             "action_space_rng": copy.deepcopy(env.action_space.np_random.bit_generator.state)}
 
 
-def set_env_state(env: Any, state: dict[str, Any]) -> None:
+def set_env_state(env: WrappedEnv, state: EnvState | Mapping[str, Any]) -> None:
     """Inverse of :func:`get_env_state` on an env of the same id (extra keys in ``state`` are ignored).
 
     Raises ValueError when the saved simulator state does not fit this env's model.
     """
-    base = env.unwrapped
+    base = cast(_MujocoBase, env.unwrapped)
     sim = np.asarray(state["sim"], dtype=np.float64)
     if sim.size != mujoco.mj_stateSize(base.model, _SIM_STATE):
         raise ValueError("saved simulator state does not fit this model (another env or mujoco version)")

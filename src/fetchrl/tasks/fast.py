@@ -10,9 +10,11 @@ the process VecEnv (which does the time limit itself). Torch-free: the env worke
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 from fetchrl.runtime import FAST_ENVS
@@ -35,6 +37,31 @@ assert FAST_CLASSES.keys() == FAST_ENVS.keys(), "runtime.FAST_ENVS and FAST_CLAS
 
 #: A goal-conditioned observation: "observation", "achieved_goal", "desired_goal" -> float64 arrays.
 Obs = dict[str, np.ndarray]
+#: An env's info dict (Gymnasium's own type for it; the Fetch envs put ``is_success`` in it).
+Info = dict[str, Any]
+
+
+class RawEnv(Protocol):
+    """What fetchrl uses of a bare fast env (:func:`make_raw`): a Gymnasium MuJoCo env whose
+    ``model`` several envs may share (Gymnasium-Robotics ships no type information for it)."""
+
+    model: mujoco.MjModel
+    observation_space: gym.spaces.Space[Obs]
+    action_space: gym.spaces.Space[np.ndarray]
+    metadata: dict[str, Any]
+
+    def step(self, action: np.ndarray) -> tuple[Obs, np.ndarray, bool, bool, Info]: ...
+
+    def reset(self, *, seed: int | None = None, options: Info | None = None) -> tuple[Obs, Info]: ...
+
+    def render(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+    def get_wrapper_attr(self, name: str) -> object: ...
+
+    @property
+    def unwrapped(self) -> gym.Env[Obs, np.ndarray]: ...
 
 _FAST_PREFIX = "fetchrl/Fast"
 
@@ -53,14 +80,14 @@ def fast_class(env_id: str) -> type[gym.Env]:
     return cls
 
 
-def make_raw(env_id: str, render_mode: str | None = None, **kwargs: Any) -> Any:
+def make_raw(env_id: str, render_mode: str | None = None, **kwargs: object) -> RawEnv:
     """The unwrapped fast env (no time limit): what fetchrl's process VecEnv steps.
 
     ``kwargs`` (e.g. ``shared_model``) go to the env; they override the id's reward type.
     """
     kwargs = {"reward_type": FAST_ENVS[env_id], **kwargs} if env_id in FAST_ENVS else kwargs
-    env_class: Any = fast_class(env_id)
-    return env_class(render_mode=render_mode, **kwargs)
+    env_class: Callable[..., gym.Env] = fast_class(env_id)  # the stock constructors' keywords
+    return cast(RawEnv, env_class(render_mode=render_mode, **kwargs))
 
 
 def register(env_id: str) -> str:

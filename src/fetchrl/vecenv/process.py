@@ -19,7 +19,8 @@ import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from multiprocessing.context import ForkContext, SpawnContext
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -28,7 +29,21 @@ from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
 from fetchrl.runtime import default_env_procs
 from fetchrl.tasks.fast import MAX_EPISODE_STEPS, check_id
-from fetchrl.vecenv.worker import CALL, CLOSE, STEP, EnvRows, RowLayout, WorkerSpec, build_envs, serve, wait
+from fetchrl.vecenv.worker import (
+    CALL,
+    CLOSE,
+    STEP,
+    EnvRows,
+    RowLayout,
+    RowState,
+    WorkerSpec,
+    build_envs,
+    serve,
+    wait,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 
 def _mp_daemon() -> bool:
@@ -37,7 +52,7 @@ def _mp_daemon() -> bool:
     return bool(mp.current_process().daemon)
 
 
-def _mp_context() -> Any:
+def _mp_context() -> ForkContext | SpawnContext:
     """fork on Linux: the worker starts in milliseconds, re-imports nothing (spawn and forkserver
     re-run the user's main script, which then needs an ``if __name__ == "__main__"`` guard) and
     shares the parent's loaded libraries. It only runs MuJoCo and NumPy code of its own, so locks
@@ -45,7 +60,7 @@ def _mp_context() -> Any:
     import multiprocessing as mp
     import sys
 
-    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    return mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context("spawn")
 
 
 _OPEN: weakref.WeakSet[ProcessVecEnv] = weakref.WeakSet()
@@ -111,7 +126,7 @@ class ProcessVecEnv(VecEnv):
         layout = RowLayout(n=n_envs, obs=tuple((k, tuple(shapes[k]), np.dtype(dtypes[k]).str) for k in keys),  # type: ignore[misc]
                            action=(tuple(act_space.shape or ()), np.dtype(act_space.dtype).str))
         ctx = _mp_context() if n_procs > 1 else None
-        buf: Any = ctx.RawArray("b", layout.nbytes()) if ctx is not None else bytearray(layout.nbytes())
+        buf: Buffer = ctx.RawArray("b", layout.nbytes()) if ctx is not None else bytearray(layout.nbytes())
         self.rows = layout.views(buf)
         self._local = EnvRows(self.envs, 0, self.rows, max_episode_steps)
         self._in_flight = False
@@ -167,7 +182,7 @@ class ProcessVecEnv(VecEnv):
             raise result
         return result
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: object) -> Any:
         """``EnvRows.<method>(*args)`` on the worker's envs; its result, or its exception raised here."""
         self._finish_step()
         self._conn.send((method, args))
@@ -274,13 +289,13 @@ class ProcessVecEnv(VecEnv):
         self._local.close()
 
     # ------------------------------------------------------------------ resume (fetchrl.pipeline.resume, kind "vec")
-    def get_state(self) -> list[dict[str, Any]]:
+    def get_state(self) -> list[RowState]:
         """Picklable copies of everything that decides the next steps, per env (see ``EnvRows.get_state``)."""
         self._finish_step()
         states = self._local.get_state()
         return states + (self._call("get_state") if self._worker is not None else [])
 
-    def set_state(self, states: Sequence[dict[str, Any]]) -> None:
+    def set_state(self, states: Sequence[RowState]) -> None:
         """Inverse of :meth:`get_state` on a VecEnv built with the same id and ``n_envs``."""
         if len(states) != self.num_envs:
             raise ValueError(f"state of {len(states)} envs given to a VecEnv of {self.num_envs}")
@@ -295,7 +310,7 @@ class ProcessVecEnv(VecEnv):
             return [None] * self.num_envs
         return self._local.render()  # rendering envs are all local
 
-    def _both(self, method: str, indices: VecEnvIndices, *args: Any) -> list[Any]:
+    def _both(self, method: str, indices: VecEnvIndices, *args: object) -> list[Any]:
         local, remote = self._split(indices)
         out_local = getattr(self._local, method)(*args, local)
         out_remote = self._call(method, *args, remote) if remote else []
@@ -304,11 +319,11 @@ class ProcessVecEnv(VecEnv):
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         return self._both("get_attr", indices, attr_name)
 
-    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+    def set_attr(self, attr_name: str, value: object, indices: VecEnvIndices = None) -> None:
         self._both("set_attr", indices, attr_name, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
-                   **method_kwargs: Any) -> list[Any]:
+    def env_method(self, method_name: str, *method_args: object, indices: VecEnvIndices = None,
+                   **method_kwargs: object) -> list[Any]:
         return self._both("env_method", indices, method_name, method_args, method_kwargs)
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:

@@ -20,21 +20,46 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
-from fetchrl.tasks.envstate import get_env_state, set_env_state
-from fetchrl.tasks.fast import Obs, make_raw
+from fetchrl.tasks.envstate import EnvState, get_env_state, set_env_state
+from fetchrl.tasks.fast import Info, Obs, RawEnv, make_raw
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # a RowLayout's bytes: a bytearray or multiprocessing shared memory
 
 
-def build_envs(env_id: str, ranks: Sequence[int], seed: int, render_mode: str | None = None) -> list[Any]:
+class Semaphore(Protocol):
+    """``multiprocessing``'s (or ``threading``'s) semaphore, as :func:`wait` uses it."""
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class RowState(EnvState):
+    """One row's saved state: its env's (:func:`fetchrl.tasks.envstate.get_env_state`) and the
+    TimeLimit/Monitor counters."""
+
+    elapsed: int
+    ep_return: float
+    t_start: float
+
+
+def _method(env: RawEnv, name: str) -> Callable[..., object]:
+    return cast("Callable[..., object]", env.get_wrapper_attr(name))  # a name VecEnv.env_method calls
+
+
+def build_envs(env_id: str, ranks: Sequence[int], seed: int, render_mode: str | None = None) -> list[RawEnv]:
     """The envs of ranks ``ranks`` of ``sb3.make_vec_env(env_id, n, seed=seed)``: each env's action
     space seeded with ``seed + rank`` as SB3 does (``VecEnv.seed`` seeds the resets); all on the
     first env's model, except rendering envs (``render`` moves the target's site in the model)."""
-    envs: list[Any] = []
+    envs: list[RawEnv] = []
     for rank in ranks:
         shared = envs[0].model if envs and render_mode is None else None
         env = make_raw(env_id, render_mode=render_mode, shared_model=shared)
@@ -67,9 +92,10 @@ class RowLayout:
     def nbytes(self) -> int:
         return sum(_aligned(int(np.prod(shape)) * np.dtype(dtype).itemsize) for _, shape, dtype in self.fields())
 
-    def views(self, buf: Any) -> StepRows:
+    def views(self, buf: Buffer) -> StepRows:
         """The arrays of :class:`StepRows` on ``buf`` (``nbytes()`` bytes: a bytearray or shared memory)."""
-        raw = np.frombuffer(buf, dtype=np.uint8, count=self.nbytes())
+        # numpy's stubs name bytes-like types only; any writable buffer (a RawArray) works the same
+        raw = np.frombuffer(cast(bytearray, buf), dtype=np.uint8, count=self.nbytes())
         arrays: dict[str, np.ndarray] = {}
         offset = 0
         for name, shape, dtype in self.fields():
@@ -105,9 +131,9 @@ class StepRows:
     ep_t: np.ndarray
     """Monitor's ``episode`` record ``{"r", "l", "t"}`` of an episode that ended at this step."""
 
-    def info(self, i: int) -> dict[str, Any]:
+    def info(self, i: int) -> Info:
         """Env ``i``'s info dict, keys in DummyVecEnv(Monitor(TimeLimit(env)))'s order."""
-        info: dict[str, Any] = {"is_success": self.is_success[i]}  # np.float32, as the env returns it
+        info: Info = {"is_success": self.is_success[i]}  # np.float32, as the env returns it
         done = bool(self.dones[i])
         if done:
             info["episode"] = {"r": float(self.ep_r[i]), "l": int(self.ep_l[i]), "t": float(self.ep_t[i])}
@@ -128,7 +154,7 @@ class EnvRows:
     without a seed, continuing its own RNG stream, so ``obs[i]`` is the next episode's first.
     """
 
-    def __init__(self, envs: Sequence[Any], start: int, rows: StepRows, max_episode_steps: int) -> None:
+    def __init__(self, envs: Sequence[RawEnv], start: int, rows: StepRows, max_episode_steps: int) -> None:
         self.envs, self.start, self.rows, self.max_episode_steps = list(envs), start, rows, max_episode_steps
         self.stop = start + len(self.envs)
         n = len(self.envs)
@@ -163,50 +189,51 @@ class EnvRows:
         for i in range(self.start, self.stop):
             self.step(i)
 
-    def reset(self, i: int, **kwargs: Any) -> tuple[Obs, dict[str, Any]]:
+    def reset(self, i: int, *, seed: int | None = None, options: Info | None = None) -> tuple[Obs, Info]:
         k = i - self.start
-        obs, info = self.envs[k].reset(**kwargs)
+        obs, info = self.envs[k].reset(seed=seed, options=options)
         self.elapsed[k] = 0
         self.ep_return[k] = 0.0
         return obs, info
 
-    def reset_all(self, seeds: Sequence[int | None], options: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def reset_all(self, seeds: Sequence[int | None], options: Sequence[Info]) -> list[Info]:
         """``VecEnv.reset`` for these rows (one seed and options dict per env): writes ``obs``,
         returns the reset infos."""
         infos = []
         for k, (seed, opts) in enumerate(zip(seeds, options, strict=True)):
-            obs, info = self.reset(self.start + k, seed=seed, **({"options": opts} if opts else {}))
+            obs, info = self.reset(self.start + k, seed=seed, options=opts or None)
             for key, value in self.rows.obs.items():
                 value[self.start + k] = obs[key]
             infos.append(info)
         return infos
 
     # ------------------------------------------------------------------ resume (fetchrl.pipeline.resume, kind "vec")
-    def get_state(self) -> list[dict[str, Any]]:
+    def get_state(self) -> list[RowState]:
         """Picklable copies of everything that decides the next steps, per env: the env's state
         (:func:`fetchrl.tasks.envstate.get_env_state`) and the TimeLimit/Monitor counters."""
         return [{**get_env_state(env), "elapsed": self.elapsed[k], "ep_return": self.ep_return[k],
                  "t_start": self.t_start[k]} for k, env in enumerate(self.envs)]
 
-    def set_state(self, states: Sequence[dict[str, Any]]) -> None:
+    def set_state(self, states: Sequence[RowState]) -> None:
         """Inverse of :meth:`get_state` (ValueError when a simulator state does not fit the model)."""
         for k, (env, st) in enumerate(zip(self.envs, states, strict=True)):
             set_env_state(env, st)
             self.elapsed[k], self.ep_return[k], self.t_start[k] = st["elapsed"], st["ep_return"], st["t_start"]
 
     # ------------------------------------------------------------------ SB3 VecEnv plumbing, for local row indices
-    def get_attr(self, name: str, ks: Sequence[int]) -> list[Any]:
+    def get_attr(self, name: str, ks: Sequence[int]) -> list[object]:
         return [self.envs[k].get_wrapper_attr(name) for k in ks]
 
-    def set_attr(self, name: str, value: Any, ks: Sequence[int]) -> list[None]:
+    def set_attr(self, name: str, value: object, ks: Sequence[int]) -> list[None]:
         for k in ks:
             setattr(self.envs[k], name, value)
         return [None] * len(ks)
 
-    def env_method(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], ks: Sequence[int]) -> list[Any]:
-        return [self.envs[k].get_wrapper_attr(name)(*args, **kwargs) for k in ks]
+    def env_method(self, name: str, args: Sequence[object], kwargs: Mapping[str, object],
+                   ks: Sequence[int]) -> list[object]:
+        return [_method(self.envs[k], name)(*args, **kwargs) for k in ks]
 
-    def render(self) -> list[Any]:
+    def render(self) -> list[np.ndarray | None]:
         return [env.render() for env in self.envs]
 
     def close(self) -> None:
@@ -224,7 +251,7 @@ SPIN = 4000
 TERM_GRACE = 3.0
 
 
-def wait(sem: Any, alive: Any, spin: int = SPIN) -> None:
+def wait(sem: Semaphore, alive: Callable[[], None], spin: int = SPIN) -> None:
     """Acquire ``sem``: spin ``spin`` tries, then block, calling ``alive()`` every second (it raises
     when the other side is gone, so neither process waits forever for a dead one)."""
     for _ in range(spin):
@@ -261,7 +288,8 @@ def picklable(err: BaseException) -> BaseException:
         return RemoteError("".join(traceback.format_exception(err)).rstrip())
 
 
-def serve(spec: WorkerSpec, buf: Any, ctrl: Any, go: Any, done: Any, conn: Any) -> None:
+def serve(spec: WorkerSpec, buf: Buffer, ctrl: MutableSequence[int], go: Semaphore, done: Semaphore,
+          conn: Connection) -> None:
     """The env worker process: build rows ``spec.start:spec.stop``' envs, then on each ``go``:
     STEP steps them all and releases ``done`` (an error is flagged in ``ctrl[1]`` and sent on
     ``conn``); CALL runs ``EnvRows.<method>(*args)`` received on ``conn`` and sends back
