@@ -224,6 +224,18 @@ def test_all_writes_the_html_report_with_chapter_3s_criteria(tmp_path: Path) -> 
     assert paths.report_md.is_file() and paths.eval_json.is_file()
 
 
+def test_multi_seed_aggregates_under_chapter_3s_names(tmp_path: Path) -> None:
+    code = _cli("multi-seed", "--root", str(tmp_path), *SMALL_ARGS, "--seeds", "2", "--workers", "1",
+                "--n-eval-episodes", "4")
+    assert code in (0, 1)  # 0/1: the robustness verdict on the success rate's spread
+    aggregate = read_json(tmp_path / "results" / "ch03_sac_reachdense_aggregate.json", "aggregate")
+    assert aggregate["algo"] == "sac" and aggregate["seeds"] == [0, 1]
+    assert aggregate["config"]["ent_coef"] == "auto" and aggregate["config"]["buffer_size"] == 5000
+    for seed in (0, 1):
+        paths = CH03.paths(ENV_ID, seed, tmp_path)
+        assert paths.checkpoint.is_file() and paths.replay_buffer.is_file() and paths.eval_json.is_file()
+
+
 # ============================================================================ resume
 class _SignalAt(FinalLogCallback):
     """Sends SIGINT to this process when training reaches ``at`` steps."""

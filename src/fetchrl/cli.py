@@ -257,7 +257,7 @@ def cmd_multi_seed(args: argparse.Namespace) -> int:
 
     return multi_seed(_train_config(args), _eval_config(args), list(range(args.seeds)), args.root,
                       backend=args.backend, workers=args.workers, ray_address=args.ray_address,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, names=_chapter(args).artifacts)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:

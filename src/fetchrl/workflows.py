@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from fetchrl import artifacts
-from fetchrl.artifacts import EvalResult, RunPaths, SettingSummary, SweepSummary
+from fetchrl.artifacts import DEFAULT_NAMES, ArtifactNames, EvalResult, RunPaths, SettingSummary, SweepSummary
 from fetchrl.config import Criterion, EvalConfig, TrainConfig
 from fetchrl.console import NOT_MEASURED, make_console, mean_pm_std, new_table
 from fetchrl.errors import FetchRLError
@@ -179,16 +179,19 @@ def _print_aggregate(agg: artifacts.MultiSeedAggregate) -> None:
 
 def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], root: Path, *,
                backend: str = "local", workers: int | None = None, ray_address: str | None = None,
-               progress: bool = True) -> int:
-    """Exercise 2.2: seeds in parallel, aggregate from the eval JSONs, chapter's robustness verdict."""
+               progress: bool = True, names: ArtifactNames = DEFAULT_NAMES) -> int:
+    """Exercise 2.2: seeds in parallel, aggregate from the eval JSONs, chapter's robustness verdict.
+
+    ``names``: the chapter's artifact names (default chapter 2's).
+    """
     from fetchrl.analysis.plots import plot_multi_seed
     from fetchrl.sweep.aggregate import SEED_METRICS
     from fetchrl.sweep.plan import SweepPlan
 
-    plan = SweepPlan("multi_seed", config, eval_config, list(seeds), {"default": {}}, root)
+    plan = SweepPlan("multi_seed", config, eval_config, list(seeds), {"default": {}}, root, names)
     failed = _run_plan(plan, backend=backend, workers=workers, ray_address=ray_address, progress=progress)
     agg = plan.aggregates()["default"]
-    out = artifacts.multi_seed_aggregate_path(root)
+    out = artifacts.multi_seed_aggregate_path(root, names)
     agg.to_json(out)
     _print_aggregate(agg)
     std = agg.aggregate["success_rate_std"]
@@ -196,8 +199,8 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
     verdict = (f"[{'green' if robust else 'red'}]{'PASS' if robust else 'FAIL'}[/] (std {std:.1%})"
                if len(agg.seeds) > 1 else f"{NOT_MEASURED} (one seed: no spread measured; use --seeds 2 or more)")
     console.print(f"robustness (success std < {ROBUST_SUCCESS_STD:.0%}): {verdict}")
-    logdirs = {s: RunPaths(config.env_id, s, root).tb_dir for s in agg.seeds}
-    png = _plot_or_none(plot_multi_seed, logdirs, artifacts.multi_seed_plot_path(root),
+    logdirs = {s: RunPaths(config.env_id, s, root, names).tb_dir for s in agg.seeds}
+    png = _plot_or_none(plot_multi_seed, logdirs, artifacts.multi_seed_plot_path(root, names),
                         final_scores={k: [getattr(s, k) for s in agg.per_seed] for k in SEED_METRICS})
     print_outputs({"aggregate": out, "plot": png})
     return 0 if robust and not failed["default"] else 1

@@ -26,7 +26,7 @@ CHAPTER = Chapter(
         Criterion("final distance (m)", "final_distance_mean", "<", 0.03),
     ),
     multi_seed_name="ch03_sac_reachdense",
-    commands=("train", "eval", "report", "all", "check-env", "diagnose", "plot", "video"),
+    commands=("train", "eval", "report", "all", "multi-seed", "check-env", "diagnose", "plot", "video"),
     baselines=("random", "zero"),
     eval_defaults=EvalConfig(n_episodes=100),
     seeds=5,

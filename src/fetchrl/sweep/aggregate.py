@@ -7,8 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from fetchrl.analysis.stats import mean_std, rliable_summary
-from fetchrl.artifacts import EvalResult, MultiSeedAggregate, RunPaths, SeedSummary, now_iso
-from fetchrl.config import ALGO
+from fetchrl.artifacts import (
+    DEFAULT_NAMES,
+    ArtifactNames,
+    EvalResult,
+    MultiSeedAggregate,
+    RunPaths,
+    SeedSummary,
+    now_iso,
+)
 from fetchrl.errors import FetchRLError
 
 #: Per-seed metrics carried into aggregates (the eval JSON's aggregate keys, SeedSummary's fields).
@@ -18,16 +25,17 @@ AGGREGATE_NAMES = {"success_rate": "success_rate", "return_mean": "return", "fin
 
 
 def aggregate_from_disk(env_id: str, seeds: Iterable[int], root: Path, config: dict[str, Any] | None = None,
-                        *, with_rliable: bool = True) -> MultiSeedAggregate:
+                        *, with_rliable: bool = True, names: ArtifactNames = DEFAULT_NAMES) -> MultiSeedAggregate:
     """Aggregate the eval JSONs of ``seeds`` under ``root``: mean ± sample std, IQM with 95 % CIs.
 
     Seeds whose eval JSON is missing are left out (the sweep reports them as failed).
     ``config``: the configuration's hyper-parameters, recorded in the aggregate as they are.
+    ``names``: the chapter's artifact names (default chapter 2's): where the eval JSONs are.
     """
     seeds = list(seeds)
     per_seed: list[SeedSummary] = []
     for seed in seeds:
-        path = RunPaths(env_id, seed, root).eval_json
+        path = RunPaths(env_id, seed, root, names).eval_json
         if not path.is_file():
             continue
         agg = EvalResult.from_json(path).aggregate
@@ -46,7 +54,7 @@ def aggregate_from_disk(env_id: str, seeds: Iterable[int], root: Path, config: d
     return MultiSeedAggregate(
         created_at=now_iso(),
         env_id=env_id,
-        algo=ALGO,
+        algo=names.algo,
         seeds=[s.seed for s in per_seed],
         per_seed=per_seed,
         aggregate=aggregate,

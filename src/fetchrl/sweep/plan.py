@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fetchrl.artifacts import MultiSeedAggregate, trial_root
+from fetchrl.artifacts import DEFAULT_NAMES, ArtifactNames, MultiSeedAggregate, trial_root
 from fetchrl.config import HYPERPARAMETER_NAMES, EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
 from fetchrl.sweep.aggregate import aggregate_from_disk
@@ -73,6 +73,8 @@ class SweepPlan:
     seeds: list[int]
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     root: Path = Path(".")
+    names: ArtifactNames = DEFAULT_NAMES
+    """The chapter's artifact names (default chapter 2's): every trial's paths."""
 
     def config_root(self, tag: str) -> Path:
         # The chapter's multi-seed run keeps the chapter's paths; other sweeps get one root per setting.
@@ -84,7 +86,7 @@ class SweepPlan:
         for tag, overrides in self.configs.items():
             for seed in self.seeds:
                 cfg = self.base.replace(seed=seed, **overrides)
-                out.append(Trial(cfg, self.eval_config, self.config_root(tag), tag))
+                out.append(Trial(cfg, self.eval_config, self.config_root(tag), tag, self.names))
         return out
 
     def aggregates(self) -> dict[str, MultiSeedAggregate]:
@@ -102,7 +104,7 @@ class SweepPlan:
             root = self.config_root(tag)
             if not by_tag[tag]:
                 raise FetchRLError(f"no complete trial of {tag} under {root} (seeds {self.seeds}); see the errors above")
-            out[tag] = aggregate_from_disk(cfg.env_id, by_tag[tag], root, cfg.hyperparameters)
+            out[tag] = aggregate_from_disk(cfg.env_id, by_tag[tag], root, cfg.hyperparameters, names=self.names)
         return out
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from fetchrl.artifacts import EvalResult, RunPaths, TrainMeta
+from fetchrl.artifacts import DEFAULT_NAMES, ArtifactNames, EvalResult, RunPaths, TrainMeta
 from fetchrl.config import ENV_THREADS_VAR, EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
 
@@ -32,10 +32,12 @@ class Trial:
     root: Path
     tag: str = "default"
     """Configuration label, e.g. ``clip_range=0.1`` (seeds of one tag are aggregated together)."""
+    names: ArtifactNames = DEFAULT_NAMES
+    """The chapter's artifact names (default chapter 2's)."""
 
     @property
     def paths(self) -> RunPaths:
-        return RunPaths(self.config.env_id, self.config.seed, self.root)
+        return RunPaths(self.config.env_id, self.config.seed, self.root, self.names)
 
     @property
     def name(self) -> str:
