@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -50,7 +49,7 @@ def run_checks(runtime: Runtime, *, n_steps: int = 100, seed: int = 0) -> list[C
         env.close()
 
 
-def _action_checks(space: Any) -> list[Check]:
+def _action_checks(space: gym.spaces.Space) -> list[Check]:
     """Action shape and bounds; an action space without bounds (``Discrete``: CartPole) fails both rows."""
     if not isinstance(space, gym.spaces.Box):
         return [Check("action shape", False, f"{space} is not a Box (expected Box of shape {EXPECTED_ACTION_SHAPE})"),

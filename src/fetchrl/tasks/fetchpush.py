@@ -20,12 +20,11 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import Any
 
 import mujoco
 import numpy as np
 
-from fetchrl.tasks.fast import Obs
+from fetchrl.tasks.fast import Info, Obs
 
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
 # Importing it also registers its ids (FetchPush-v4, ...), whose kwargs make_raw reads.
@@ -90,7 +89,7 @@ class FastFetchPushEnv(MujocoFetchPushEnv):
     jointed block ``object0`` and the ``robot0:grip`` site.
     """
 
-    def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: Any) -> None:
+    def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: object) -> None:
         """``shared_model``: step with this (identical) model instead of the one built from the XML.
 
         Several envs on one ``MjModel`` instead of one copy each keep it in cache and save memory.
@@ -154,7 +153,7 @@ class FastFetchPushEnv(MujocoFetchPushEnv):
         self._object_xmat = d.site_xmat[self._object_site].reshape(3, 3)  # as mujoco_utils.get_site_xmat
 
     # ------------------------------------------------------------------ step
-    def step(self, action: np.ndarray) -> tuple[Obs, Any, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray) -> tuple[Obs, np.ndarray, bool, bool, Info]:
         """BaseRobotEnv.step with its hooks lean (same arithmetic); Fetch never terminates or truncates
         by itself (``gym.make``'s ``TimeLimit`` truncates at step 50).
 

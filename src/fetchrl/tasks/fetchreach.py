@@ -20,12 +20,11 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import Any
 
 import mujoco
 import numpy as np
 
-from fetchrl.tasks.fast import Obs
+from fetchrl.tasks.fast import Info, Obs
 
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
@@ -44,7 +43,7 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
     the action only moves the mocap body; the constructor checks these assumptions.
     """
 
-    def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: Any) -> None:
+    def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: object) -> None:
         """``shared_model``: step with this (identical) model instead of the one built from the XML.
 
         Several envs on one ``MjModel`` (8.5 MB, mostly collision meshes) instead of one copy each
@@ -105,7 +104,7 @@ class FastFetchReachEnv(MujocoFetchReachEnv):
         self._mocap_pos, self._mocap_quat, self._xpos, self._xquat = d.mocap_pos, d.mocap_quat, d.xpos, d.xquat
 
     # ------------------------------------------------------------------ step
-    def step(self, action: np.ndarray) -> tuple[Obs, Any, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray) -> tuple[Obs, np.ndarray, bool, bool, Info]:
         """BaseRobotEnv.step with _set_action, _step_callback and _get_obs inlined (same arithmetic)."""
         action = np.asarray(action)
         space = self.action_space

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 from fetchrl.vecenv.process import ProcessVecEnv
 
 
-def make_vec_env(runtime: Runtime, n_envs: int, *, seed: int) -> Any:
+def make_vec_env(runtime: Runtime, n_envs: int, *, seed: int) -> VecEnv:
     """SB3 VecEnv of ``n_envs`` envs seeded ``seed .. seed + n_envs - 1``, with Monitor's ``episode`` infos.
 
     On the fast path: :class:`fetchrl.vecenv.process.ProcessVecEnv`, stepping the envs in

@@ -20,7 +20,8 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from multiprocessing.context import ForkContext, SpawnContext
-from typing import TYPE_CHECKING, Any
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -44,6 +45,9 @@ from fetchrl.vecenv.worker import (
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+
+T = TypeVar("T")
 
 
 def _mp_daemon() -> bool:
@@ -133,7 +137,7 @@ class ProcessVecEnv(VecEnv):
         self._local_pending = False
         self._error: BaseException | None = None
         self._closed = False
-        self._worker: Any = None
+        self._worker: BaseProcess | None = None
         if ctx is not None:
             self._ctrl = ctx.RawArray("q", 2)
             self._go, self._done = ctx.Semaphore(0), ctx.Semaphore(0)
@@ -171,8 +175,9 @@ class ProcessVecEnv(VecEnv):
 
     # ------------------------------------------------------------------ talking to the worker
     def _worker_alive(self) -> None:
-        if not self._worker.is_alive():
-            raise RuntimeError(f"fetchrl's env worker process died (exit code {self._worker.exitcode})")
+        worker = self._worker
+        if worker is not None and not worker.is_alive():  # only called while a worker runs
+            raise RuntimeError(f"fetchrl's env worker process died (exit code {worker.exitcode})")
 
     def _reply(self) -> Any:
         while not self._conn.poll(1.0):
@@ -196,7 +201,7 @@ class ProcessVecEnv(VecEnv):
         idx = list(self._get_indices(indices))
         return [i for i in idx if i < self.n_local], [i - self.n_local for i in idx if i >= self.n_local]
 
-    def _merge(self, indices: VecEnvIndices, local: list[Any], remote: list[Any]) -> list[Any]:
+    def _merge(self, indices: VecEnvIndices, local: list[T], remote: list[T]) -> list[T]:
         it_local, it_remote = iter(local), iter(remote)
         return [next(it_local) if i < self.n_local else next(it_remote) for i in self._get_indices(indices)]
 
@@ -310,7 +315,7 @@ class ProcessVecEnv(VecEnv):
             return [None] * self.num_envs
         return self._local.render()  # rendering envs are all local
 
-    def _both(self, method: str, indices: VecEnvIndices, *args: object) -> list[Any]:
+    def _both(self, method: str, indices: VecEnvIndices, *args: object) -> list[object]:
         local, remote = self._split(indices)
         out_local = getattr(self._local, method)(*args, local)
         out_remote = self._call(method, *args, remote) if remote else []
