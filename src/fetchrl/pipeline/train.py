@@ -55,6 +55,7 @@ from stable_baselines3.common.logger import configure
 
 from fetchrl import portable
 from fetchrl.algos.base import flag_name
+from fetchrl.algos.sac import SACConfig
 from fetchrl.artifacts import RunPaths, TrainMeta, collect_versions, now_iso
 from fetchrl.config import TrainConfig
 from fetchrl.errors import FetchRLError
@@ -68,6 +69,7 @@ from fetchrl.pipeline.checkpoints import (
     write_checkpoint,
 )
 from fetchrl.pipeline.lock import run_lock
+from fetchrl.pipeline.offpolicy_callbacks import SACDiagnosticsCallback
 from fetchrl.pipeline.resume import (
     DueSnapshots,
     ResumeState,
@@ -491,6 +493,27 @@ class _Start:
     """Training wall time of the runs this one continues."""
 
 
+#: Most gradient steps between two Q-statistics records, and environment steps between two
+#: over-estimation measurements (the chapter's 500k-step run: ~60 and 50 records).
+SAC_STATS_EVERY = 1_000
+SAC_EVAL_EVERY = 10_000
+#: A shorter run still gets about this many records of each (a test's 1,000 steps: a handful).
+SAC_MIN_RECORDS = 5
+
+
+def sac_diagnostics(config: TrainConfig) -> SACDiagnosticsCallback:
+    """The off-policy run's diagnostics (Q statistics, replay fill/age, Q vs Monte-Carlo gap), at a cadence
+    that depends only on the config, so a resumed run keeps it. It has its own env and RNG: the training's
+    numbers are untouched (tests/test_ch03.py's resume tests). A resumed run restarts the callback's RNG,
+    so its *diagnostic* records after the resume differ from an uninterrupted run's; training does not."""
+    algo = config.algo
+    warm_up, per_update = (algo.learning_starts, algo.gradient_steps) if isinstance(algo, SACConfig) else (0, 1)
+    updates = max(0, config.total_steps - warm_up) // algo.rollout_size(config.n_envs) * per_update
+    every = min(SAC_STATS_EVERY, max(1, updates // SAC_MIN_RECORDS))
+    eval_every = min(SAC_EVAL_EVERY, max(1, config.total_steps // SAC_MIN_RECORDS))
+    return SACDiagnosticsCallback(every, eval_every=eval_every, seed=config.seed)
+
+
 def _start(config: TrainConfig, run: RunPlan, runtime: Runtime, env: Any) -> _Start:
     """A new model, or ``run.resume``'s checkpoint with ``env``'s state restored."""
     plan = run.resume
@@ -521,7 +544,8 @@ def _learn(config: TrainConfig, run: RunPlan, runtime: Runtime, stop: StopReques
             callbacks = [UpdateLogCallback(), snapshots, StopFlagCallback(stop), bar]  # UpdateLog first: see its doc
         else:  # a snapshot holds the replay buffer: taken only when due (see DueSnapshots); SB3 writes the logs
             snapshots = DueSnapshots(write, stop, every=checkpoint_every, wall_offset=start.wall_time_s)
-            callbacks = [snapshots, bar, FinalLogCallback()]
+            # diagnostics before FinalLogCallback: what they record at the last step is written with the rest
+            callbacks = [snapshots, bar, sac_diagnostics(config), FinalLogCallback()]
         if start.state is not None:  # last, right before learn: nothing else may draw from the generators
             restore_logger(model.logger, start.state.logger)
             restore_rng(start.state.rng)
