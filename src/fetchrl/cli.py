@@ -249,7 +249,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 
     return run_all(_train_config(args), _eval_config(args), _paths(args), progress=not args.no_progress,
                    video=not args.no_video, resume=args.resume, force=args.force, command=_command_line(args),
-                   criteria=_chapter(args).criteria)
+                   criteria=_chapter(args).criteria, checkpoint_every=args.checkpoint_every)
 
 
 def cmd_multi_seed(args: argparse.Namespace) -> int:
@@ -324,6 +324,10 @@ def _train_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--force", action="store_true",
                    help="train over this seed's finished run (kept until the new run completes); with --resume: "
                         "resume even if hyper-parameters or versions differ")
+    _checkpoint_every(p)
+
+
+def _checkpoint_every(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=_run_int("checkpoint_every"), default=0, metavar="STEPS",
                    help="also checkpoint at the first rollout boundary after every STEPS steps (default: "
                         "only at the end and on Ctrl-C/SIGTERM)")
@@ -336,6 +340,7 @@ def _all_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
                         "finished), then evaluate and report")
     p.add_argument("--force", action="store_true",
                    help="train over this seed's finished run (kept until the new run completes), as train --force")
+    _checkpoint_every(p)
 
 
 def _ablate_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:

@@ -85,7 +85,7 @@ def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Any | None = None,
 
 def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, progress: bool = True,
             video: bool = True, resume: bool = False, force: bool = False, command: CommandLine | None = None,
-            criteria: Sequence[Criterion] | None = None) -> int:
+            criteria: Sequence[Criterion] | None = None, checkpoint_every: int = 0) -> int:
     """check-env -> train -> eval -> report (+ diagnosis) -> plots -> video -> HTML report.
 
     When the seed's run of exactly ``config`` already finished (a second ``all``, or ``all`` died
@@ -93,6 +93,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     ``resume``: continue an interrupted training (``train --resume``).
     ``force``: as ``train --force`` (retrain over a finished run; with ``resume``: despite differences).
     ``command``: the chapter's :class:`fetchrl.pipeline.train.CommandLine` (default chapter 2's).
+    ``checkpoint_every``: as ``train --checkpoint-every`` (0: checkpoints only at the end and on a signal).
     """
     from fetchrl.analysis.html_report import write_html_report
     from fetchrl.analysis.plots import plot_run
@@ -113,7 +114,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
         console.print(f"training already finished: {summary(meta)} -> {paths.checkpoint} (--force retrains)")
     else:
         meta = train(config, paths, progress=progress, resume=resume, force=force, runtime=runtime,
-                     command=command or SCRIPT)
+                     checkpoint_every=checkpoint_every, command=command or SCRIPT)
         console.print(f"{summary(meta)} -> {paths.checkpoint}")
     result = evaluate(paths, eval_config, runtime, device=config.device, progress=progress)
     console.print(f"evaluated {result.n_episodes} episodes in {result.eval_seconds:.1f} s -> {paths.eval_json}")
