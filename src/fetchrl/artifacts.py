@@ -22,17 +22,23 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar, runtime_checkable
 
 from fetchrl.algos.base import NON_NEGATIVE, POSITIVE_INT, RUN_BOUNDS, UNIT_CLOSED, Bounds
 from fetchrl.config import ALGO, DEFAULT_ENV_ID
 from fetchrl.errors import FetchRLError
 from fetchrl.runtime import FAST_ENVS
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+
+#: A JSON object as parsed from disk: untyped until a ``from_dict`` checks its fields.
+JSONObject = dict[str, Any]
 
 
 # ============================================================================ paths
@@ -203,15 +209,22 @@ def atomic_write_text(target: Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy / torch scalars
+@runtime_checkable
+class _Scalar(Protocol):
+    """A NumPy or torch scalar (``isinstance`` checks only that ``item`` exists)."""
+
+    def item(self) -> object: ...
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, _Scalar):  # numpy / torch scalars
         return obj.item()
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def json_safe(obj: Any) -> Any:
+def json_safe(obj: object) -> object:
     """JSON has no NaN/inf: write them as null rather than produce invalid JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -222,12 +235,12 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_json(target: Path, payload: dict[str, Any]) -> None:
+def write_json(target: Path, payload: Mapping[str, object]) -> None:
     text = json.dumps(json_safe(payload), indent=2, default=_json_default, allow_nan=False)
     atomic_write_text(target, text + "\n")
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json(path: Path, what: str) -> JSONObject:
     """Read a JSON object, or raise FetchRLError naming the file and what to do."""
     path = Path(path)
     if not path.is_file():
@@ -241,11 +254,11 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _from_dict(cls: type[T], data: dict[str, Any], path: Path, what: str) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+def _from_dict(cls: type[T], data: JSONObject, path: Path, what: str) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}
     required = {
         f.name
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
     missing = sorted(required - data.keys())
@@ -291,7 +304,7 @@ class TrainMeta:
     device: str
     n_envs: int
     total_steps: int
-    hyperparameters: dict[str, Any]
+    hyperparameters: dict[str, object]
     wall_time_s: float
     steps_per_second: float
     checkpoint: str
@@ -311,7 +324,7 @@ class TrainMeta:
         write_json(path, dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], path: Path, what: str = "checkpoint metadata") -> TrainMeta:
+    def from_dict(cls, data: JSONObject, path: Path, what: str = "checkpoint metadata") -> TrainMeta:
         """The metadata in ``data``; FetchRLError naming ``path`` for a missing field or an impossible value."""
         meta = _from_dict(cls, data, path, what)
         problem = meta.problem()
@@ -358,13 +371,13 @@ class EpisodeRecord:
     action_max_abs: float
     """Largest |a_i| over the episode (1.0 means the policy saturates the action bounds)."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)
         d["return"] = d.pop("return_")
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EpisodeRecord:
+    def from_dict(cls, d: JSONObject) -> EpisodeRecord:
         d = dict(d)
         d["return_"] = d.pop("return")
         return cls(**d)
@@ -391,7 +404,7 @@ class EpisodeRecord:
 
 
 # ============================================================================ validation on load
-#: Any finite number.
+#: Every finite number.
 _FINITE = Bounds()
 #: An integer >= 0.
 _COUNT = Bounds(low=0, integer=True)
@@ -525,7 +538,7 @@ class EvalResult:
     checkpoint_created_at: str = ""
     """``created_at`` of that checkpoint's metadata: when the evaluated weights were written ("" if unknown)."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = dataclasses.asdict(self)
         d["per_episode"] = [e.to_dict() for e in self.per_episode]
         return d
@@ -534,7 +547,7 @@ class EvalResult:
         write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], path: Path = Path("<memory>")) -> EvalResult:
+    def from_dict(cls, data: JSONObject, path: Path = Path("<memory>")) -> EvalResult:
         result = _from_dict(cls, data, path, "eval JSON")
         if not isinstance(result.aggregate, dict) or not isinstance(result.per_episode, list):
             raise FetchRLError(f"eval JSON {path} has malformed aggregate/per_episode blocks")
@@ -635,6 +648,16 @@ class SeedSummary:
     final_distance_mean: float
 
 
+class RliableEstimate(TypedDict):
+    """One metric's IQM and mean over seeds, each with its 95 % stratified-bootstrap CI ([lo, hi])."""
+
+    iqm: float
+    iqm_ci: list[float]
+    mean: float
+    mean_ci: list[float]
+    n_runs: int
+
+
 @dataclass
 class MultiSeedAggregate:
     """``results/ch02_ppo_reachdense_aggregate.json`` (and one per sweep configuration)."""
@@ -645,9 +668,9 @@ class MultiSeedAggregate:
     seeds: list[int]
     per_seed: list[SeedSummary]
     aggregate: dict[str, float]
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, object] = field(default_factory=dict)
     """Hyper-parameters shared by all seeds (a sweep's configuration)."""
-    rliable: dict[str, Any] = field(default_factory=dict)
+    rliable: dict[str, RliableEstimate] = field(default_factory=dict)
     """IQM and 95 % stratified-bootstrap CIs per metric (empty when too few seeds)."""
 
     def to_json(self, path: Path) -> None:
@@ -655,8 +678,13 @@ class MultiSeedAggregate:
 
     @classmethod
     def from_json(cls, path: Path) -> MultiSeedAggregate:
-        agg = _from_dict(cls, read_json(path, "aggregate JSON"), path, "aggregate JSON")
-        agg.per_seed = [SeedSummary(**s) for s in agg.per_seed]  # type: ignore[arg-type]
+        return cls.from_dict(read_json(path, "aggregate JSON"), path)
+
+    @classmethod
+    def from_dict(cls, data: JSONObject, path: Path, what: str = "aggregate JSON") -> MultiSeedAggregate:
+        agg = _from_dict(cls, data, path, what)
+        per_seed: list[JSONObject] = data["per_seed"]
+        agg.per_seed = [SeedSummary(**s) for s in per_seed]
         return agg
 
 
@@ -673,9 +701,9 @@ class SettingSummary:
     """One configuration of a sweep or ablation, aggregated over its seeds."""
 
     tag: str
-    overrides: dict[str, Any]
+    overrides: dict[str, object]
     root: str
-    aggregate: MultiSeedAggregate | dict[str, Any]
+    aggregate: MultiSeedAggregate
     training: dict[str, float] = field(default_factory=dict)
     """Means over training of TensorBoard series (e.g. clip_fraction_mean, approx_kl_mean)."""
     failed_seeds: list[int] = field(default_factory=list)
@@ -690,7 +718,7 @@ class SweepSummary:
     env_id: str
     seeds: list[int]
     total_steps: int
-    grid: dict[str, list[Any]]
+    grid: Mapping[str, Sequence[object]]
     settings: list[SettingSummary]
     answers: dict[str, str] = field(default_factory=dict)
     """For the ablation: exercise 2.4's three questions answered from the numbers."""
@@ -700,6 +728,10 @@ class SweepSummary:
 
     @classmethod
     def from_json(cls, path: Path) -> SweepSummary:
-        summary = _from_dict(cls, read_json(path, "sweep JSON"), path, "sweep JSON")
-        summary.settings = [SettingSummary(**s) for s in summary.settings]  # type: ignore[arg-type]
+        data = read_json(path, "sweep JSON")
+        summary = _from_dict(cls, data, path, "sweep JSON")
+        settings: list[JSONObject] = data["settings"]
+        summary.settings = [SettingSummary(**{**s, "aggregate": MultiSeedAggregate.from_dict(s["aggregate"], path,
+                                                                                             "sweep JSON setting")})
+                            for s in settings]
         return summary

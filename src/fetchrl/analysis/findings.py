@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal, cast
 
 import numpy as np
+from rich.console import Console
 
 from fetchrl.analysis.tbreader import Series
-from fetchrl.artifacts import json_safe, write_json
+from fetchrl.artifacts import JSONObject, json_safe, write_json
 from fetchrl.console import make_console, new_table
 
 Severity = Literal["warning", "outside_range", "ok", "info"]
@@ -79,10 +80,10 @@ class Diagnosis:
         """True when no warning sign fired (``outside_range``, ``ok`` and ``info`` never fail a run)."""
         return not self.warnings
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         """JSON-ready: ``{"logdir", "healthy", "warnings": [ids], "outside_range": [ids], "summary",
         "findings": [...]}``; NaN/inf -> null."""
-        return json_safe(
+        return cast(JSONObject, json_safe(
             {
                 "logdir": self.logdir,
                 "healthy": self.healthy,
@@ -91,7 +92,7 @@ class Diagnosis:
                 "summary": self.summary(),
                 "findings": [asdict(f) for f in self.findings],
             }
-        )
+        ))
 
     def to_json(self, path: Path) -> None:
         """Write :meth:`to_dict` atomically (e.g. to ``RunPaths.diagnosis_json``)."""
@@ -126,7 +127,7 @@ class Diagnosis:
         lines += ["", f"**Diagnosis: {self.summary()}.**"]
         return "\n".join(lines)
 
-    def print_table(self, console: Any = None) -> None:
+    def print_table(self, console: Console | None = None) -> None:
         """Print the findings as a rich table, then the verdict line."""
         from rich.markup import escape
 

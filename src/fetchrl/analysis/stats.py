@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
+
+from fetchrl.artifacts import RliableEstimate
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -19,7 +20,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), std
 
 
-def rliable_summary(per_metric: Mapping[str, Sequence[float]], *, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+def rliable_summary(per_metric: Mapping[str, Sequence[float]], *, reps: int = 2000, seed: int = 0) -> dict[str, RliableEstimate]:
     """IQM, mean and their 95 % stratified-bootstrap CIs per metric (one task; runs = seeds).
 
     Returns ``{metric: {"iqm": x, "iqm_ci": [lo, hi], "mean": x, "mean_ci": [lo, hi], "n_runs": n}}``;
@@ -28,7 +29,7 @@ def rliable_summary(per_metric: Mapping[str, Sequence[float]], *, reps: int = 20
     from rliable import library as rly
     from rliable import metrics
 
-    out: dict[str, Any] = {}
+    out: dict[str, RliableEstimate] = {}
     for name, values in per_metric.items():
         scores = np.asarray(values, dtype=np.float64).reshape(-1, 1)  # [num_runs, num_tasks=1]
         if scores.shape[0] < 2:
