@@ -735,3 +735,129 @@ class SweepSummary:
                                                                                              "sweep JSON setting")})
                             for s in settings]
         return summary
+
+
+def compare_json_path(seed: int, root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    """``results/ch03_compare_seed<N>.json``: the chapter's run beside the previous chapter's."""
+    return root / "results" / f"{names.chapter}_compare_seed{seed}.json"
+
+
+def compare_plot_path(seed: int, root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    """``results/ch03_compare_seed<N>.png``: both training success curves on one env-step axis."""
+    return root / "results" / f"{names.chapter}_compare_seed{seed}.png"
+
+
+@dataclass
+class CompareCriterion:
+    """One criterion of a run's own chapter: the final eval's value, and when training first met it."""
+
+    name: str
+    metric: str
+    op: str
+    threshold: float
+    value: float
+    """The final evaluation's ``aggregate[metric]`` (deterministic episodes)."""
+    passed: bool
+    steps_to_criterion: int | None
+    """First logged env step whose *training* curve met the criterion (None: never, or not measured)."""
+    training_curve: str
+    """The TensorBoard tag read for it (stochastic training episodes), or ``"not measured during training"``."""
+
+
+@dataclass
+class CompareRun:
+    """One side of ``results/ch03_compare_seed<N>.json``."""
+
+    chapter: str
+    algo: str
+    checkpoint: str
+    eval_json: str
+    total_steps: int
+    wall_time_s: float
+    steps_per_second: float
+    n_eval_episodes: int
+    final: dict[str, float]
+    """success_rate, return_mean, final_distance_mean of the final evaluation."""
+    criteria: list[CompareCriterion]
+    passed: bool
+    """Every criterion of its own chapter passed."""
+    mean_training_success: float
+    """Mean training success rate over the first ``common_steps`` env steps: sample efficiency, higher is better."""
+
+
+@dataclass
+class CompareResult:
+    """``results/ch03_compare_seed<N>.json``: two chapters' runs of one seed side by side."""
+
+    created_at: str
+    env_id: str
+    seed: int
+    common_steps: int
+    """Env steps both runs trained: the span of ``mean_training_success``."""
+    runs: list[CompareRun]
+    note: str
+    """What ``steps_to_criterion`` measures."""
+
+    def to_json(self, path: Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, path: Path) -> CompareResult:
+        data = read_json(path, "compare JSON")
+        out = _from_dict(cls, data, path, "compare JSON")
+        runs: list[JSONObject] = data["runs"]
+        out.runs = [CompareRun(**{**r, "criteria": [CompareCriterion(**c) for c in r["criteria"]]}) for r in runs]
+        return out
+
+
+def throughput_json_path(root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    """``results/ch03_throughput.json``: training steps/s per number of envs."""
+    return root / "results" / f"{names.chapter}_throughput.json"
+
+
+def throughput_plot_path(root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    """``results/ch03_throughput.png``: steps/s and speed-up against n_envs."""
+    return root / "results" / f"{names.chapter}_throughput.png"
+
+
+@dataclass
+class ThroughputPoint:
+    """One timed run: ``steps`` env steps after the warm-up, in ``seconds`` (the warm-up is not timed)."""
+
+    n_envs: int
+    steps: int
+    seconds: float
+    steps_per_second: float
+    speedup: float
+    """steps/s over the smallest n_envs' steps/s."""
+    efficiency: float
+    """speedup over the ideal (n_envs / smallest n_envs): 1 = linear scaling."""
+
+
+@dataclass
+class ThroughputResult:
+    """``results/ch03_throughput.json``."""
+
+    created_at: str
+    algo: str
+    env_id: str
+    learning_starts: int
+    """Warm-up steps (random actions, no gradient step) run before the clock starts, excluded."""
+    timed_steps: int
+    linear_below: float
+    """Efficiency under which scaling counts as no longer linear."""
+    points: list[ThroughputPoint]
+    answer: str
+    """The chapter's question, "where does scaling stop being linear?", answered from the points."""
+    hyperparameters: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self, path: Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, path: Path) -> ThroughputResult:
+        data = read_json(path, "throughput JSON")
+        out = _from_dict(cls, data, path, "throughput JSON")
+        points: list[JSONObject] = data["points"]
+        out.points = [ThroughputPoint(**p) for p in points]
+        return out

@@ -114,7 +114,7 @@ def _run_options(chapter: Chapter) -> _Parser:
     g.add_argument("--root", type=Path, default=Path("."),
                    help="directory holding checkpoints/, results/, runs/, videos/ (default .)")
     g.add_argument("--device", type=_device, default=d.device,
-                   help="cpu (default; SB3's advice for MLP PPO), cuda, cuda:N, mps (refused when torch cannot use "
+                   help="cpu (default; SB3 advises the CPU for small MLP policies), cuda, cuda:N, mps (refused when torch cannot use "
                         "it), auto (cuda when available, else cpu)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--reference-env", action="store_true",
@@ -297,6 +297,39 @@ def cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fetchrl.analysis.compare import CompareInput, compare, summary_lines
+    from fetchrl.artifacts import compare_json_path, compare_plot_path
+
+    chapter = _chapter(args)
+    if chapter.compare_with is None:
+        raise FetchRLError(f"{chapter.id} has no earlier chapter to compare with")
+    sides = [CompareInput(c.id, f"{c.algorithm.title} ({c.id})", c.paths(args.env_id, args.seed, args.root),
+                          c.criteria, f"{c.script} all --seed {args.seed} --root {args.root}")
+             for c in (chapter.compare_with, chapter)]
+    out_json = compare_json_path(args.seed, args.root, chapter.artifacts)
+    out_png = compare_plot_path(args.seed, args.root, chapter.artifacts)
+    result = compare(sides, out_json, out_png)
+    print("\n".join(summary_lines(result)))
+    print(f"-> {out_json}, {out_png}")
+    return 0 if all(r.passed for r in result.runs) else 1
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    from fetchrl.analysis.throughput import measure
+    from fetchrl.artifacts import throughput_json_path, throughput_plot_path
+
+    chapter = _chapter(args)
+    config = chapter.defaults.replace(env_id=args.env_id, seed=args.seed, device=args.device,
+                                      fast_env=not args.reference_env)
+    result = measure(config, args.n_envs_list, args.steps, args.learning_starts,
+                     throughput_json_path(args.root, chapter.artifacts),
+                     throughput_plot_path(args.root, chapter.artifacts), progress=not args.no_progress)
+    print(result.answer)
+    print(f"-> {throughput_json_path(args.root, chapter.artifacts)}, {throughput_plot_path(args.root, chapter.artifacts)}")
+    return 0
+
+
 # ============================================================================ commands
 _NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 _BASELINE_WORDS = {"random": "random", "zero": "zero-action"}
@@ -341,6 +374,33 @@ def _all_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     p.add_argument("--force", action="store_true",
                    help="train over this seed's finished run (kept until the new run completes), as train --force")
     _checkpoint_every(p)
+
+
+#: Most env steps one throughput point times (a few minutes on a laptop core at 8 envs).
+THROUGHPUT_STEPS = Bounds(low=1, high=10**7, integer=True)
+
+
+def _n_envs_list(text: str) -> list[int]:
+    """``"1,2,4"`` -> [1, 2, 4], each a valid --n-envs."""
+    parse = _run_int("n_envs")
+    values = [parse(part.strip()) for part in text.split(",")]
+    if len(set(values)) < 2:
+        raise argparse.ArgumentTypeError(f"expected at least two different env counts, got {text[:40]!r}")
+    return values
+
+
+def _throughput_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
+    fields = {f.name: f for f in chapter.algorithm.config_class.tunable_fields()}
+    if "learning_starts" not in fields:
+        raise ValueError(f"{chapter.id} offers 'throughput' but {chapter.algorithm.name} has no learning_starts")
+    p.add_argument("--n-envs-list", type=_n_envs_list, default=[1, 2, 4, 8, 16], metavar="N1,N2,...",
+                   help="env counts to time, each in its own process (default 1,2,4,8,16)")
+    p.add_argument("--steps", type=_bounded("steps", THROUGHPUT_STEPS), default=4_000,
+                   help="env steps timed per env count, after the warm-up (default 4000)")
+    p.add_argument("--learning-starts", type=_bounded("learning_starts", fields["learning_starts"].metadata["bounds"]),
+                   default=500, help="warm-up steps of random actions before the clock starts, not timed (default "
+                                     f"500, small for timing; the chapter trains with "
+                                     f"{chapter.defaults.algo.hyperparameters['learning_starts']})")
 
 
 def _ablate_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
@@ -405,6 +465,11 @@ COMMANDS: dict[str, Command] = {
                       ("run", "train", "eval", "sweep"), _ablate_extras),
     "sweep": Command(cmd_sweep, "grid over seeds x {algo} hyper-parameters (e.g. --grid {grid_example})",
                      ("run", "train", "eval", "sweep"), _sweep_extras),
+    "compare": Command(cmd_compare, "this chapter's run beside the previous chapter's of the same seed: final metrics, "
+                       "steps to each criterion, wall time, steps/s -> JSON + plot (exit 0 when both pass)", ("run",),
+                       builds_envs=False),
+    "throughput": Command(cmd_throughput, "training steps/s per --n-envs-list (warm-up excluded) -> JSON + plot, and "
+                          "where scaling stops being linear", ("run",), _throughput_extras),
     "check-env": Command(cmd_check_env, "the chapter's common-failure checks: shapes, bounds, reward range", ("run",),
                          writes=False),
     "diagnose": Command(cmd_diagnose, "read the TensorBoard logs against the chapter's warning signs", ("run",),

@@ -60,6 +60,8 @@ class Chapter:
     """Seeds of the multi-seed exercise and of sweeps by default."""
     ablation: Ablation | None = None
     """The hyper-parameter exercise behind the ``ablate`` command, if the chapter has one."""
+    compare_with: Chapter | None = None
+    """The earlier chapter whose run of the same seed ``compare`` sets beside this chapter's (ch03: ch02)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.defaults.algo, self.algorithm.config_class):

@@ -10,6 +10,7 @@ names: ``checkpoints/sac_FetchReachDense-v4_seed0.zip``, ``results/ch03_sac_fetc
 from __future__ import annotations
 
 from fetchrl.algos.sac import SAC, SACConfig
+from fetchrl.chapters import ch02
 from fetchrl.chapters.base import Chapter
 from fetchrl.config import Criterion, EvalConfig, TrainConfig
 
@@ -26,8 +27,10 @@ CHAPTER = Chapter(
         Criterion("final distance (m)", "final_distance_mean", "<", 0.03),
     ),
     multi_seed_name="ch03_sac_reachdense",
-    commands=("train", "eval", "report", "all", "multi-seed", "check-env", "diagnose", "plot", "video"),
+    commands=("train", "eval", "report", "all", "multi-seed", "compare", "throughput", "check-env", "diagnose", "plot",
+              "video"),
     baselines=("random", "zero"),
     eval_defaults=EvalConfig(n_episodes=100),
     seeds=5,
+    compare_with=ch02.CHAPTER,
 )
