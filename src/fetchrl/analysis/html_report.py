@@ -24,8 +24,8 @@ from fetchrl.artifacts import AGGREGATE_FIELDS, EvalResult, RunPaths, TrainMeta,
 from fetchrl.config import Criterion
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline.report import (
-    BASELINE_NOTE,
     CHAPTER_CRITERIA,
+    baseline_note,
     chapter_heading,
     check_criteria,
     criteria_table,
@@ -178,7 +178,7 @@ def _criteria_section(result: EvalResult, baselines: list[EvalResult], criteria:
         f"<p class=\"note\">PASS needs {'all three' if len(words) == 3 else f'all {len(words)}'}: {needs}.</p>",
     ]
     if baselines:
-        out.append(f"<p>{esc(BASELINE_NOTE)}</p>")
+        out.append(f"<p>{esc(baseline_note(criteria))}</p>")
     return "".join(out)
 
 
