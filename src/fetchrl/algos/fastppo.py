@@ -35,8 +35,9 @@ Callbacks see what they see under SB3: ``on_step`` runs with no env step in flig
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch as th
@@ -50,12 +51,18 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 from torch import nn
 from torch.distributions import Normal
 from torch.optim import optimizer as torch_optimizer
 from torch.optim.adam import adam
 
-_ACTIVATIONS: dict[type[nn.Module], Any] = {nn.Tanh: th.tanh, nn.ReLU: F.relu}
+#: An MLP's activation function, applied element-wise.
+Activation = Callable[[th.Tensor], th.Tensor]
+#: A batch of observations as NumPy arrays (a dict of them for a Dict space), as SB3 types a VecEnv's.
+Observation = VecEnvObs
+
+_ACTIVATIONS: dict[type[nn.Module], Activation] = {nn.Tanh: th.tanh, nn.ReLU: F.relu}
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # torch.distributions.Normal.log_prob's constant
 _ENTROPY_CONST = 0.5 + 0.5 * math.log(2 * math.pi)  # Normal.entropy's, summed first as it sums it
 
@@ -73,13 +80,13 @@ class LeanPolicy:
     """Observation keys in the extractor's concatenation order; None for a plain Box observation."""
     pi: tuple[tuple[th.Tensor, th.Tensor], ...]
     vf: tuple[tuple[th.Tensor, th.Tensor], ...]
-    activation: Any
+    activation: Activation
     action_net: tuple[th.Tensor, th.Tensor]
     value_net: tuple[th.Tensor, th.Tensor]
     log_std: th.Tensor
 
     @classmethod
-    def of(cls, policy: Any) -> LeanPolicy | None:
+    def of(cls, policy: object) -> LeanPolicy | None:
         """The lean view of ``policy``, or None when it is outside what this module reproduces."""
         if not isinstance(policy, ActorCriticPolicy) or policy.device.type != "cpu":
             return None
@@ -105,7 +112,7 @@ class LeanPolicy:
                    value_net=(policy.value_net.weight, policy.value_net.bias), log_std=policy.log_std)
 
     # ------------------------------------------------------------------ pieces
-    def features(self, obs: Any, batch: bool = True) -> th.Tensor:
+    def features(self, obs: Observation, batch: bool = True) -> th.Tensor:
         """[B, F] float32: SB3's ``obs_as_tensor`` + ``preprocess_obs`` (``.float()``) + flatten + cat.
 
         ``obs``: NumPy arrays (a dict of them for a Dict space) with a leading batch axis, or one
@@ -116,7 +123,8 @@ class LeanPolicy:
         if self.keys is None:
             x = np.asarray(obs)
             return th.from_numpy(x.reshape(len(x) if batch else 1, -1).astype(np.float32))
-        parts = [np.asarray(obs[k]) for k in self.keys]
+        dict_obs = cast("dict[str, np.ndarray]", obs)  # self.keys is set: a Dict space
+        parts = [np.asarray(dict_obs[k]) for k in self.keys]
         rows = len(parts[0]) if batch else 1
         return th.from_numpy(np.concatenate([p.reshape(rows, -1) for p in parts], axis=1, dtype=np.float32))
 
@@ -218,7 +226,7 @@ def _flatten_keys(extractor: nn.Module, space: spaces.Space) -> tuple[bool, tupl
     return False, None
 
 
-def _mlp_layers(net: nn.Module) -> tuple[tuple[tuple[th.Tensor, th.Tensor], ...], Any] | None:
+def _mlp_layers(net: nn.Module) -> tuple[tuple[tuple[th.Tensor, th.Tensor], ...], Activation | None] | None:
     """((weight, bias) per Linear, activation function) of Sequential(Linear, act, Linear, act, ...)."""
     mods = list(net.children()) if isinstance(net, nn.Sequential) else None
     if mods is None or len(mods) % 2:
@@ -255,7 +263,7 @@ class FastPPO(PPO):
         in_flight = False  # step_async called, step_wait not yet
         std_terms = lean.std_terms(env.num_envs)
 
-        def act(obs: Any) -> tuple[th.Tensor, th.Tensor, np.ndarray]:
+        def act(obs: Observation) -> tuple[th.Tensor, th.Tensor, np.ndarray]:
             """Sample actions for ``obs``, start the env step, then compute the critic and the
             log-probabilities while it runs: (values, log_probs, actions)."""
             nonlocal in_flight
@@ -274,7 +282,7 @@ class FastPPO(PPO):
 
         help_step = getattr(env, "step_help", None)
         n_steps = 0
-        last_obs: Any = self._last_obs
+        last_obs: Observation = self._last_obs
         pending: tuple[th.Tensor, th.Tensor, np.ndarray] | None = act(last_obs)
         try:
             while pending is not None:
@@ -404,8 +412,8 @@ class _ClipAndStep:
     ``_init_group`` and the functional ``adam``). The multi-tensor step does the single-tensor
     step's arithmetic element by element, in a handful of calls instead of ~100; PyTorch picks it
     by itself only on GPU. :meth:`zero_grad` is ``optimizer.zero_grad()`` without its profiler
-    scope. The optimiser's ``param_groups`` and state are SB3's, so checkpoints stay SB3's. Any
-    other optimiser or setting: torch's functions as SB3 calls them. Bit-equality:
+    scope. The optimiser's ``param_groups`` and state are SB3's, so checkpoints stay SB3's. Every
+    other optimiser or setting gets torch's functions as SB3 calls them. Bit-equality:
     tests/test_fastppo.py.
     """
 
@@ -506,7 +514,8 @@ class _ClipAndStep:
 _AdamState = tuple[list[th.Tensor], list[th.Tensor], list[th.Tensor], list[th.Tensor]]
 
 
-def _buffer_add(buf: Any, obs: Any, actions: np.ndarray, rewards: np.ndarray, episode_starts: Any,
+def _buffer_add(buf: RolloutBuffer, obs: Observation, actions: np.ndarray, rewards: np.ndarray,
+                episode_starts: np.ndarray | None,
                 values: th.Tensor, log_probs: th.Tensor) -> None:
     """``(Dict)RolloutBuffer.add`` for Box spaces: the same values written, without its per-call
     checks and intermediate copies (Discrete observations and 0-d log-probs never occur here)."""
@@ -526,7 +535,7 @@ def _buffer_add(buf: Any, obs: Any, actions: np.ndarray, rewards: np.ndarray, ep
         buf.full = True
 
 
-def _flat_buffer(buf: Any, lean: LeanPolicy) -> dict[str, th.Tensor]:
+def _flat_buffer(buf: RolloutBuffer, lean: LeanPolicy) -> dict[str, th.Tensor]:
     """The rollout buffer as [n_steps * n_envs, ...] tensors, in ``RolloutBuffer.get``'s env-major order.
 
     Flattens the buffer's arrays in place exactly as ``get`` does (``swap_and_flatten``, once), so

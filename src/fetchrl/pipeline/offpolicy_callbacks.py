@@ -29,10 +29,13 @@ stated here rather than hidden. The gap is in return units (FetchReachDense: ret
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple, cast
 
+import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3 import SAC
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 
 from fetchrl import metrics
@@ -65,19 +68,40 @@ class MCGap(NamedTuple):
         return self.q_start - self.mc_return
 
 
-def _ent_coef(model: Any) -> torch.Tensor:
+#: A batch's observations as tensors: ``{key: [batch, *shape]}`` for dict observations (Fetch), else [batch, *shape].
+TensorObs = torch.Tensor | dict[str, torch.Tensor]
+
+
+class Batch(NamedTuple):
+    """Stored transitions as tensors, like SB3's ``ReplayBufferSamples`` (rewards and dones [batch, 1])."""
+
+    obs: TensorObs
+    next_obs: TensorObs
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+
+
+def _replay_buffer(model: SAC) -> ReplayBuffer:
+    if model.replay_buffer is None:  # SB3 builds it in the constructor; None only before _setup_model
+        raise FetchRLError("SACDiagnosticsCallback: the model has no replay buffer")
+    return model.replay_buffer
+
+
+def _ent_coef(model: SAC) -> torch.Tensor:
     """SAC's current entropy coefficient, [1] (learned: ``exp(log_ent_coef)``; fixed: ``ent_coef_tensor``)."""
-    if getattr(model, "log_ent_coef", None) is not None:
-        return torch.exp(model.log_ent_coef.detach())
+    log_ent_coef: torch.Tensor | None = getattr(model, "log_ent_coef", None)
+    if log_ent_coef is not None:
+        return torch.exp(log_ent_coef.detach())
     return torch.as_tensor(model.ent_coef_tensor)
 
 
-def _fork_devices(model: Any) -> list[Any]:
+def _fork_devices(model: SAC) -> list[torch.device]:
     """Devices whose RNG ``fork_rng`` must save besides the CPU's (the model's CUDA device, if any)."""
     return [model.device] if model.device.type == "cuda" else []
 
 
-def sample_indices(buffer: Any, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_indices(buffer: ReplayBuffer, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Uniform transition indices the way SB3's ``ReplayBuffer.sample`` draws them, from ``rng``.
 
     Returns:
@@ -89,12 +113,12 @@ def sample_indices(buffer: Any, batch_size: int, rng: np.random.Generator) -> tu
     return rng.integers(0, n, size=batch_size), rng.integers(0, buffer.n_envs, size=batch_size)
 
 
-def replay_fill(buffer: Any) -> float:
+def replay_fill(buffer: ReplayBuffer) -> float:
     """Share of the buffer holding transitions, in [0, 1]."""
     return float(buffer.size()) / float(buffer.buffer_size)
 
 
-def sample_age(buffer: Any, batch_inds: np.ndarray) -> np.ndarray:
+def sample_age(buffer: ReplayBuffer, batch_inds: np.ndarray) -> np.ndarray:
     """[batch] float64: environment steps since each position was written (0 = the newest position).
 
     Each position holds ``n_envs`` transitions written by one vector step, so its age in environment
@@ -105,13 +129,13 @@ def sample_age(buffer: Any, batch_inds: np.ndarray) -> np.ndarray:
     return np.asarray(age_positions * buffer.n_envs, dtype=np.float64)
 
 
-def _batch(buffer: Any, batch_inds: np.ndarray, env_inds: np.ndarray, device: Any) -> dict[str, Any]:
+def _batch(buffer: ReplayBuffer, batch_inds: np.ndarray, env_inds: np.ndarray, device: torch.device) -> Batch:
     """The stored transitions at (batch_inds, env_inds) as tensors, like SB3's ``_get_samples`` (no VecNormalize).
 
     Dict observations (Fetch) give ``{key: [batch, *shape]}``; ``dones`` are 1 only for a true
     termination (a truncation is bootstrapped, as SB3 does with ``handle_timeout_termination``).
     """
-    def obs(stored: Any) -> Any:
+    def obs(stored: np.ndarray | dict[str, np.ndarray]) -> TensorObs:
         if isinstance(stored, dict):
             return {k: torch.as_tensor(v[batch_inds, env_inds], device=device) for k, v in stored.items()}
         return torch.as_tensor(stored[batch_inds, env_inds], device=device)
@@ -119,16 +143,16 @@ def _batch(buffer: Any, batch_inds: np.ndarray, env_inds: np.ndarray, device: An
     if getattr(buffer, "optimize_memory_usage", False):
         raise FetchRLError("SACDiagnosticsCallback needs next_observations stored (optimize_memory_usage=False)")
     dones = buffer.dones[batch_inds, env_inds] * (1 - buffer.timeouts[batch_inds, env_inds])
-    return {
-        "obs": obs(buffer.observations),
-        "next_obs": obs(buffer.next_observations),
-        "actions": torch.as_tensor(buffer.actions[batch_inds, env_inds], device=device),
-        "rewards": torch.as_tensor(buffer.rewards[batch_inds, env_inds], device=device).reshape(-1, 1),
-        "dones": torch.as_tensor(dones, device=device).reshape(-1, 1),
-    }
+    return Batch(
+        obs=obs(buffer.observations),
+        next_obs=obs(buffer.next_observations),
+        actions=torch.as_tensor(buffer.actions[batch_inds, env_inds], device=device),
+        rewards=torch.as_tensor(buffer.rewards[batch_inds, env_inds], device=device).reshape(-1, 1),
+        dones=torch.as_tensor(dones, device=device).reshape(-1, 1),
+    )
 
 
-def batch_q_stats(model: Any, rng: np.random.Generator, batch_size: int | None = None) -> QStats:
+def batch_q_stats(model: SAC, rng: np.random.Generator, batch_size: int | None = None) -> QStats:
     """Q statistics of one batch drawn from ``model.replay_buffer`` with ``rng`` (training's RNGs untouched).
 
     Args:
@@ -136,23 +160,23 @@ def batch_q_stats(model: Any, rng: np.random.Generator, batch_size: int | None =
         rng: this caller's Generator: the batch indices and the torch seed of the target's next actions.
         batch_size: batch size (default: the model's).
     """
-    buffer = model.replay_buffer
+    buffer = _replay_buffer(model)
     batch_inds, env_inds = sample_indices(buffer, batch_size or model.batch_size, rng)
     b = _batch(buffer, batch_inds, env_inds, model.device)
     torch_seed = int(rng.integers(0, 2**63 - 1))
     with torch.random.fork_rng(devices=_fork_devices(model)), torch.no_grad():
         torch.manual_seed(torch_seed)
-        q1, q2 = model.critic(b["obs"], b["actions"])[:2]
-        next_actions, next_log_prob = model.actor.action_log_prob(b["next_obs"])
-        next_q = torch.min(torch.cat(model.critic_target(b["next_obs"], next_actions), dim=1), dim=1, keepdim=True)[0]
+        q1, q2 = model.critic(b.obs, b.actions)[:2]
+        next_actions, next_log_prob = model.actor.action_log_prob(b.next_obs)
+        next_q = torch.min(torch.cat(model.critic_target(b.next_obs, next_actions), dim=1), dim=1, keepdim=True)[0]
         next_q = next_q - _ent_coef(model) * next_log_prob.reshape(-1, 1)
-        target = b["rewards"] + (1 - b["dones"]) * model.gamma * next_q
+        target = b.rewards + (1 - b.dones) * model.gamma * next_q
     age = sample_age(buffer, batch_inds)
     return QStats(float(q1.mean()), float(q1.max()), float(q2.mean()), float(q2.max()),
                   float(target.mean()), float(target.max()), float(age.mean()))
 
 
-def mc_gap(model: Any, env: Any, n_episodes: int, rng: np.random.Generator) -> MCGap:
+def mc_gap(model: SAC, env: gym.Env, n_episodes: int, rng: np.random.Generator) -> MCGap:
     """Q at each episode's first (state, action) against the discounted soft return the episode got.
 
     Actions are sampled from the policy (the critics value the stochastic policy); the soft return is
@@ -208,7 +232,7 @@ class SACDiagnosticsCallback(BaseCallback):
     """
 
     def __init__(self, every: int = 1000, *, eval_every: int = 10_000, eval_episodes: int = 5, seed: int = 0,
-                 eval_env: Any = None, verbose: int = 0) -> None:
+                 eval_env: gym.Env | None = None, verbose: int = 0) -> None:
         super().__init__(verbose)
         if every < 1 or eval_every < 0 or eval_episodes < 1:
             raise FetchRLError(f"SACDiagnosticsCallback: every ({every}) and eval_episodes ({eval_episodes}) "
@@ -226,7 +250,7 @@ class SACDiagnosticsCallback(BaseCallback):
         # SB3 keeps the count in a private attribute (logged as train/n_updates, which TensorBoard never sees)
         return int(getattr(self.model, "_n_updates", 0))
 
-    def _make_eval_env(self) -> Any:
+    def _make_eval_env(self) -> gym.Env:
         """One env of the training task: its id from fetchrl's process VecEnv, or from the envs' gym spec."""
         env_id = getattr(self.training_env, "env_id", None)  # ProcessVecEnv (its fast envs have no spec)
         if env_id is None:
@@ -237,16 +261,16 @@ class SACDiagnosticsCallback(BaseCallback):
         return envs.make_env(Runtime.decide(env_id))
 
     def _on_step(self) -> bool:
-        model: Any = self.model  # an SB3 SAC (BaseAlgorithm has no replay_buffer in its type)
+        model = cast(SAC, self.model)  # an SB3 SAC (or a subclass: FastSAC); BaseAlgorithm has no replay buffer
         steps = self._gradient_steps()
-        if steps >= self._next_stats and model.replay_buffer.size() > 0:
+        if steps >= self._next_stats and _replay_buffer(model).size() > 0:
             self._next_stats = steps + self.every
             stats = batch_q_stats(model, self.rng)
             for tag, value in zip((metrics.Q1_MEAN, metrics.Q1_MAX, metrics.Q2_MEAN, metrics.Q2_MAX,
                                    metrics.Q_TARGET_MEAN, metrics.Q_TARGET_MAX, metrics.REPLAY_SAMPLE_AGE),
                                   stats, strict=True):
                 self.logger.record(tag, value)
-            self.logger.record(metrics.REPLAY_FILL, replay_fill(model.replay_buffer))
+            self.logger.record(metrics.REPLAY_FILL, replay_fill(_replay_buffer(model)))
         if self.eval_every and self.num_timesteps >= self._next_eval and steps > 0:
             self._next_eval = self.num_timesteps + self.eval_every
             if self.eval_env is None:
