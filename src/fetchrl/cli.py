@@ -45,7 +45,11 @@ class _Parser(argparse.ArgumentParser):
 def _run_int(name: str) -> Callable[[str], int]:
     """An argparse ``type`` for the run setting ``name``: the integers ``RUN_BOUNDS[name]`` accepts (the
     ones TrainConfig accepts), refused in its words: "expected a positive integer, got 0"."""
-    bounds = RUN_BOUNDS[name]
+    return _count(RUN_BOUNDS[name])
+
+
+def _count(bounds: Bounds) -> Callable[[str], int]:
+    """An argparse ``type`` for the integers ``bounds`` accepts, refused in :meth:`Bounds.refusal`'s words."""
 
     def parse(text: str) -> int:
         try:
@@ -395,7 +399,7 @@ def _throughput_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
         raise ValueError(f"{chapter.id} offers 'throughput' but {chapter.algorithm.name} has no learning_starts")
     p.add_argument("--n-envs-list", type=_n_envs_list, default=[1, 2, 4, 8, 16], metavar="N1,N2,...",
                    help="env counts to time, each in its own process (default 1,2,4,8,16)")
-    p.add_argument("--steps", type=_bounded("steps", THROUGHPUT_STEPS), default=4_000,
+    p.add_argument("--steps", type=_count(THROUGHPUT_STEPS), default=4_000,
                    help="env steps timed per env count, after the warm-up (default 4000)")
     p.add_argument("--learning-starts", type=_bounded("learning_starts", fields["learning_starts"].metadata["bounds"]),
                    default=500, help="warm-up steps of random actions before the clock starts, not timed (default "
