@@ -16,11 +16,19 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from fetchrl import __version__
 from fetchrl.analysis.diagnose import VERDICT
-from fetchrl.artifacts import AGGREGATE_FIELDS, EvalResult, RunPaths, TrainMeta, atomic_write_text, now_iso
+from fetchrl.artifacts import (
+    AGGREGATE_FIELDS,
+    EvalResult,
+    JSONObject,
+    RunPaths,
+    TrainMeta,
+    atomic_write_text,
+    now_iso,
+)
 from fetchrl.config import Criterion
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline.report import (
@@ -66,13 +74,20 @@ footer { margin-top: 3rem; color: #8a949c; font-size: .85rem; }
 
 
 
+class HasFindings(Protocol):
+    """A diagnosis as the page reads it (:class:`fetchrl.analysis.findings.Diagnosis`, or any object whose
+    ``to_dict()`` gives ``{"findings": [...], "healthy": ...}``)."""
+
+    def to_dict(self) -> JSONObject: ...
+
+
 # ============================================================================ small pieces
 def esc(value: object) -> str:
     """HTML-escape ``str(value)`` (quotes too, so it is safe in attributes)."""
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     """A readable string for a JSON-ish value (floats to 4 significant digits, lists joined)."""
     if isinstance(value, bool) or value is None:
         return str(value)
@@ -104,7 +119,7 @@ def _numbers_right(first_text_columns: int) -> Callable[[int, str], str]:
     return lambda column, _value: "" if column < first_text_columns else "num"
 
 
-def _kv_table(pairs: Iterable[tuple[str, Any]]) -> str:
+def _kv_table(pairs: Iterable[tuple[str, object]]) -> str:
     """A two-column table of labels (header cells) and values."""
     rows = "".join(f"<tr><th>{esc(k)}</th>{_cell(_fmt(v))}</tr>" for k, v in pairs)
     return f"<table><tbody>{rows}</tbody></table>"
@@ -182,18 +197,18 @@ def _criteria_section(result: EvalResult, baselines: list[EvalResult], criteria:
     return "".join(out)
 
 
-def _finding_columns(findings: list[dict[str, Any]]) -> list[str]:
+def _finding_columns(findings: list[dict[str, object]]) -> list[str]:
     columns = [c for c in FINDING_FIRST if any(c in f for f in findings)]
     for finding in findings:
         columns += [k for k in finding if k not in columns]
     return columns
 
 
-def _severity_class(value: Any) -> str:
+def _severity_class(value: object) -> str:
     return "sev-" + re.sub(r"[^a-z]", "", str(value).lower())
 
 
-def _finding_cell(column: str, value: Any) -> str:
+def _finding_cell(column: str, value: object) -> str:
     """A finding's field as shown: severities in the tables' words ("outside range"), steps with commas."""
     if value in (None, ""):
         return "—"
@@ -204,7 +219,7 @@ def _finding_cell(column: str, value: Any) -> str:
     return _fmt(value)
 
 
-def _diagnosis_section(diagnosis: Any | None) -> str:
+def _diagnosis_section(diagnosis: HasFindings | None) -> str:
     title = "<h2>Training diagnosis</h2>"
     if diagnosis is None:
         return title + "<p class=\"note\">No diagnosis: the TensorBoard logs were not read for this run.</p>"
@@ -267,7 +282,7 @@ def _versions_section(result: EvalResult, meta: TrainMeta | None) -> str:
 
 # ============================================================================ entry points
 def render_html(paths: RunPaths, *, result: EvalResult, baselines: list[EvalResult], meta: TrainMeta | None,
-                diagnosis: Any | None, curves_png: Path | None, gif: Path | None,
+                diagnosis: HasFindings | None, curves_png: Path | None, gif: Path | None,
                 criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> str:
     """The page as a string (see :func:`write_html_report`)."""
     ok = overall_pass(check_criteria(result, criteria))
@@ -297,7 +312,7 @@ def render_html(paths: RunPaths, *, result: EvalResult, baselines: list[EvalResu
 
 
 def write_html_report(paths: RunPaths, *, result: EvalResult, baselines: list[EvalResult],
-                      meta: TrainMeta | None, diagnosis: Any | None, curves_png: Path | None,
+                      meta: TrainMeta | None, diagnosis: HasFindings | None, curves_png: Path | None,
                       gif: Path | None, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> Path:
     """Write ``paths.html_report`` atomically: verdict, criteria, diagnosis, curves, video, metadata.
 

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -29,6 +29,13 @@ from fetchrl.config import EvalConfig
 from fetchrl.errors import FetchRLError
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
+
+if TYPE_CHECKING:  # gymnasium's env only after the GL backend is chosen; SB3 (torch) only to record
+    import gymnasium as gym
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+#: A font Pillow draws with (FreeType when available, its bitmap font otherwise).
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 #: Milliseconds the last frame of each episode stays on screen, so the final distance can be read.
 HOLD_LAST_FRAME_MS = 800
@@ -76,7 +83,7 @@ class FrameLabel:
 
 
 @functools.lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def _font(size: int) -> Font:
     """Pillow's bundled font at ``size`` px (no system font needed); its bitmap font without FreeType."""
     try:
         return ImageFont.load_default(size=size)
@@ -88,8 +95,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 class _Layout:
     """Fonts and a fixed panel size for one frame size and label template (the panel never jumps)."""
 
-    small: Any
-    big: Any
+    small: Font
+    big: Font
     pad: int
     line_heights: tuple[int, int, int, int]
     panel: tuple[int, int, int, int]
@@ -164,10 +171,10 @@ def _quiet_unraisable() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def _try_render(runtime: Runtime, width: int, height: int) -> tuple[Any, Any, str | None]:
+def _try_render(runtime: Runtime, width: int, height: int) -> tuple[gym.Env | None, object, str | None]:
     """(env, first frame, None) or (None, None, what went wrong); a failed env is closed and collected."""
-    env: Any = None
-    frame: Any = None
+    env: gym.Env | None = None
+    frame: object = None
     problem = None
     # A GL context that failed half-way complains from __del__ ("Exception ignored ...") when the
     # exception that holds it is dropped: keep that noise off the user's terminal.
@@ -195,11 +202,12 @@ def _try_render(runtime: Runtime, width: int, height: int) -> tuple[Any, Any, st
     return env, frame, problem
 
 
-def _open_env(runtime: Runtime, width: int, height: int) -> tuple[Any, np.ndarray]:
+def _open_env(runtime: Runtime, width: int, height: int) -> tuple[gym.Env, np.ndarray]:
     """A rendering env (frames width x height when supported) and a first test frame."""
     env, frame, problem = _try_render(runtime, width, height)
     if problem is not None:
         raise envs.render_backend_error(problem)
+    assert env is not None and isinstance(frame, np.ndarray)  # no problem: both were checked
     return env, frame
 
 
@@ -220,7 +228,7 @@ class Clip:
     """Display time of each frame, milliseconds."""
 
 
-def _record_episodes(env: Any, model: Any, seeds: list[int], *, fps: int, width: int, height: int) -> Clip:
+def _record_episodes(env: gym.Env, model: BaseAlgorithm, seeds: list[int], *, fps: int, width: int, height: int) -> Clip:
     from fetchrl.pipeline.evaluate import SB3Policy
 
     policy = SB3Policy(model, deterministic=True)
@@ -234,7 +242,7 @@ def _record_episodes(env: Any, model: Any, seeds: list[int], *, fps: int, width:
         success, step, done = False, 0, False  # success: info["is_success"] of the latest step
         while True:
             label = FrameLabel(k, len(seeds), step, max_steps, envs.goal_distance(obs), success, threshold)
-            clip.frames.append(draw_overlay(_fit(env.render(), width, height), label))
+            clip.frames.append(draw_overlay(_fit(cast(np.ndarray, env.render()), width, height), label))
             clip.durations_ms.append(HOLD_LAST_FRAME_MS if done else frame_ms)
             if done:
                 break
@@ -296,8 +304,8 @@ def write_mp4(target: Path, frames: list[np.ndarray], durations_ms: list[int], f
     try:
         with atomic_path(target) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # imageio warns when it pads odd frame sizes for yuv420p
-            writer: Any = iio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                         pixelformat="yuv420p", macro_block_size=2, ffmpeg_log_level="error")
+            writer = iio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=2, ffmpeg_log_level="error")
             with writer:
                 for frame, ms in zip(frames, durations_ms, strict=True):
                     for _ in range(max(1, round(ms * fps / 1000))):  # held frames repeat at the video's fps

@@ -108,7 +108,7 @@ def check_ent_coef_collapse(ent_coef: Series, success: Series, *, threshold: flo
 
 
 def check_ent_coef_explodes(ent_coef: Series) -> Finding:
-    """Any non-finite point, or ent_coef > 10 (ent_coef: ``train/ent_coef`` per log dump)."""
+    """Warns on a non-finite point, or on ent_coef > 10 (ent_coef: ``train/ent_coef`` per log dump)."""
     fid, tag = "ent_coef_explodes", metrics.ENT_COEF
     short = too_short(fid, tag, ent_coef, need=1)
     if short:
@@ -127,7 +127,7 @@ def check_ent_coef_explodes(ent_coef: Series) -> Finding:
 
 
 def check_critic_loss_diverges(critic_loss: Series) -> Finding:
-    """Any non-finite point, or critic_loss > 1e4 (critic_loss: ``train/critic_loss`` per log dump)."""
+    """Warns on a non-finite point, or on critic_loss > 1e4 (critic_loss: ``train/critic_loss`` per log dump)."""
     fid, tag = "critic_loss_diverges", metrics.CRITIC_LOSS
     short = too_short(fid, tag, critic_loss, need=1)
     if short:
