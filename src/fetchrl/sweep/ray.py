@@ -39,7 +39,8 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from types import ModuleType
+from typing import IO, Protocol
 
 from fetchrl.artifacts import atomic_write_bytes, read_json, write_json
 from fetchrl.errors import FetchRLError
@@ -65,8 +66,8 @@ FORWARDED_ENV_PREFIX = "FETCHRL_"
 WAIT_SECONDS = 2.0
 
 
-def import_ray(*, loopback: bool = False) -> Any:
-    """``import ray`` or a FetchRLError saying how to install it (``Any``: Ray is optional and untyped here).
+def import_ray(*, loopback: bool = False) -> ModuleType:
+    """``import ray`` or a FetchRLError saying how to install it (a module: Ray is optional and untyped here).
 
     ``loopback``: a local instance will be started, bound to 127.0.0.1 (:data:`LOOPBACK_ENV`; it only
     takes effect when Ray is not imported yet, so :func:`connect` checks the address it got).
@@ -152,7 +153,7 @@ def write_trial_files(trial: Trial, files: Mapping[str, bytes]) -> None:
         atomic_write_bytes(root / rel, files[rel])
 
 
-def _collect(ray: Any, ref: Any, trial: Trial) -> Attempt:
+def _collect(ray: ModuleType, ref: object, trial: Trial) -> Attempt:
     """A finished task's attempt, its files written on the driver; Ray errors become failed attempts."""
     try:
         result: TaskResult = ray.get(ref)
@@ -202,13 +203,19 @@ def _stderr_fd_to(file: IO[bytes]) -> Iterator[None]:
         os.close(saved)
 
 
-def _init(ray: Any, address: str) -> Any:
+class RayContext(Protocol):
+    """What ``ray.init`` returns, as far as :func:`connect` reads it."""
+
+    address_info: Mapping[str, object]
+
+
+def _init(ray: ModuleType, address: str) -> RayContext:
     """``ray.init`` with our logging settings; the dashboard is never started."""
     return ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
                     logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
 
 
-def connect(ray: Any, address: str | None) -> bool:
+def connect(ray: ModuleType, address: str | None) -> bool:
     """Connect to a cluster, or start a local instance; True when this call did it (so we shut it down).
 
     ``address`` None: a fresh local instance (Ray's ``"local"``: never a cluster that happens to run on
@@ -249,7 +256,7 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _slots(ray: Any, workers: int, cpus_per_trial: int) -> int:
+def _slots(ray: ModuleType, workers: int, cpus_per_trial: int) -> int:
     """Tasks to keep in flight: ``workers`` if given, else what the cluster's CPUs hold right now."""
     if workers > 0:
         return workers
@@ -281,7 +288,7 @@ def make_ray_runner(ray_address: str | None = None, *, cpus_per_trial: int = 1) 
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
         ledger = TrialLedger(trials, progress)
         queue = deque(range(len(trials)))
-        pending: dict[Any, int] = {}  # Ray ObjectRef -> trial index
+        pending: dict[object, int] = {}  # Ray ObjectRef -> trial index
         try:
             while queue or pending:
                 while queue and len(pending) < _slots(ray, workers, cpus_per_trial):
