@@ -220,7 +220,7 @@ class AlgoConfig:
         self.validate()
 
     @property
-    def hyperparameters(self) -> dict[str, Any]:
+    def hyperparameters(self) -> dict[str, object]:
         """Every field by name, in declaration order (the metadata JSON's order)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -231,7 +231,7 @@ class AlgoConfig:
         return kwargs
 
     @classmethod
-    def tunable_fields(cls) -> tuple[dataclasses.Field[Any], ...]:
+    def tunable_fields(cls) -> tuple[dataclasses.Field[object], ...]:
         """Fields with :class:`Bounds`: the CLI's flags and the names a sweep grid may vary."""
         return tuple(f for f in dataclasses.fields(cls) if "bounds" in f.metadata)  # type: ignore[arg-type]
 
