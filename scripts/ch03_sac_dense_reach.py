@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Chapter 3 — SAC on FetchReachDense: train / eval / report / all / multi-seed / check-env / diagnose / plot / video.
+"""Chapter 3 — SAC on FetchReachDense: train / eval / report / all / multi-seed / compare / throughput / check-env /
+diagnose / plot / video.
 A thin wrapper: the chapter is data (``fetchrl.chapters.ch03``), the CLI is ``fetchrl.cli``."""
 
 import sys

@@ -399,8 +399,10 @@ def _throughput_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
         raise ValueError(f"{chapter.id} offers 'throughput' but {chapter.algorithm.name} has no learning_starts")
     p.add_argument("--n-envs-list", type=_n_envs_list, default=[1, 2, 4, 8, 16], metavar="N1,N2,...",
                    help="env counts to time, each in its own process (default 1,2,4,8,16)")
-    p.add_argument("--steps", type=_count(THROUGHPUT_STEPS), default=4_000,
-                   help="env steps timed per env count, after the warm-up (default 4000)")
+    # 2,000: the whole default list in about a minute on 2 quiet cores (n_envs=1, one gradient step per
+    # env step, takes half of it); 4,000 took 3 minutes on 2 cores under a load of ~4
+    p.add_argument("--steps", type=_count(THROUGHPUT_STEPS), default=2_000,
+                   help="env steps timed per env count, after the warm-up (default 2000)")
     p.add_argument("--learning-starts", type=_bounded("learning_starts", fields["learning_starts"].metadata["bounds"]),
                    default=500, help="warm-up steps of random actions before the clock starts, not timed (default "
                                      f"500, small for timing; the chapter trains with "

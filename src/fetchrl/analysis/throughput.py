@@ -123,6 +123,10 @@ def measure(config: TrainConfig, n_envs_list: Sequence[int], steps: int, learnin
             out_json: Path, out_png: Path, *, progress: bool = True) -> ThroughputResult:
     """Time every ``n_envs`` (each in its own process), write the JSON and the plot; return the result."""
     timed: list[tuple[int, int, float]] = []
+    if progress:
+        print(f"timing {steps:,} env steps per n_envs after {learning_starts:,} warm-up steps of random actions "
+              f"(not timed; small for a timing run, the chapter's is {config.algo.hyperparameters['learning_starts']:,})",
+              flush=True)
     for n in sorted(set(n_envs_list)):
         one = timing_config(config, n, steps, learning_starts)
         done, seconds = _child(one)
