@@ -701,7 +701,7 @@ class SettingSummary:
     """One configuration of a sweep or ablation, aggregated over its seeds."""
 
     tag: str
-    overrides: dict[str, object]
+    overrides: Mapping[str, object]
     root: str
     aggregate: MultiSeedAggregate
     training: dict[str, float] = field(default_factory=dict)

@@ -6,9 +6,9 @@ Each function returns the process exit code; the CLI only parses arguments and c
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from rich.markup import escape
 
@@ -20,7 +20,9 @@ from fetchrl.errors import FetchRLError
 from fetchrl.runtime import Runtime
 
 if TYPE_CHECKING:  # heavy (torch, SB3): imported where it is used
+    from fetchrl.analysis.findings import Diagnosis
     from fetchrl.pipeline.train import CommandLine
+    from fetchrl.sweep.plan import GridValue, SweepPlan
 
 console = make_console()
 
@@ -28,7 +30,7 @@ console = make_console()
 ROBUST_SUCCESS_STD = 0.05
 
 
-def _diagnosis_or_none(paths: RunPaths) -> Any | None:
+def _diagnosis_or_none(paths: RunPaths) -> Diagnosis | None:
     from fetchrl.analysis.diagnose import diagnose_run
 
     try:
@@ -38,10 +40,10 @@ def _diagnosis_or_none(paths: RunPaths) -> Any | None:
         return None
 
 
-def _plot_or_none(plot_fn: Any, *args: Any, **kwargs: Any) -> Path | None:
+def _plot_or_none(plot_fn: Callable[..., Path], *args: object, **kwargs: object) -> Path | None:
     """Draw a figure; a run too short to have every curve gets a warning, not a failed command."""
     try:
-        return plot_fn(*args, **kwargs)  # type: ignore[no-any-return]
+        return plot_fn(*args, **kwargs)
     except FetchRLError as err:
         console.print(f"[yellow]plot skipped: {err}[/]")
         return None
@@ -54,7 +56,7 @@ def _baselines(result: EvalResult, runtime: Runtime) -> list[EvalResult]:
     return baseline_results(runtime, eval_config)
 
 
-def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Any | None = None,
+def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Diagnosis | None = None,
            baselines: list[EvalResult] | None = None, criteria: Sequence[Criterion] | None = None) -> int:
     """Criteria table (trained vs random vs zero-action), diagnosis; writes the report markdown.
 
@@ -134,7 +136,16 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
 
 
 # ============================================================================ sweeps
-def _run_plan(plan: Any, *, backend: str, workers: int | None, ray_address: str | None,
+class RunOptions(TypedDict):
+    """How a sweep's trials run (:func:`fetchrl.sweep.base.run_trials`'s keywords)."""
+
+    backend: str
+    workers: int | None
+    ray_address: str | None
+    progress: bool
+
+
+def _run_plan(plan: SweepPlan, *, backend: str, workers: int | None, ray_address: str | None,
               progress: bool) -> dict[str, list[int]]:
     """Run a SweepPlan; returns the failed seeds per configuration tag."""
     from fetchrl.sweep.base import run_trials
@@ -235,7 +246,7 @@ def _training_means(logdirs: list[Path]) -> dict[str, float]:
     }
 
 
-def _summarise(plan: Any, failed: dict[str, list[int]]) -> list[SettingSummary]:
+def _summarise(plan: SweepPlan, failed: dict[str, list[int]]) -> list[SettingSummary]:
     aggs = plan.aggregates()
     settings = []
     for tag, overrides in plan.configs.items():
@@ -249,11 +260,11 @@ def _summarise(plan: Any, failed: dict[str, list[int]]) -> list[SettingSummary]:
 def answer_ablation(settings: list[SettingSummary]) -> dict[str, str]:
     """Exercise 2.4's three questions, answered from the numbers (not from expectations)."""
     aggs = [s.aggregate for s in settings]
-    succ = [a.aggregate["success_rate_mean"] for a in aggs]  # type: ignore[union-attr]
+    succ = [a.aggregate["success_rate_mean"] for a in aggs]
     spread = max(succ) - min(succ)
-    noise = max((a.aggregate["success_rate_std"] for a in aggs), default=0.0)  # type: ignore[union-attr]
+    noise = max((a.aggregate["success_rate_std"] for a in aggs), default=0.0)
     changes = spread > max(2 * noise, 0.05)
-    measured = all(len(a.seeds) > 1 for a in aggs)  # type: ignore[union-attr]
+    measured = all(len(a.seeds) > 1 for a in aggs)
     noise_text = f"{noise:.1%}" if measured else f"{NOT_MEASURED}, one seed"
     perf = ", ".join(f"{s.tag}: {v:.1%}" for s, v in zip(settings, succ, strict=True))
     kl = ", ".join(f"{s.tag}: mean {s.training.get('approx_kl_mean', float('nan')):.4f}, "
@@ -275,7 +286,6 @@ def _print_settings(title: str, settings: list[SettingSummary]) -> None:
                               "approx_kl"))
     for s in settings:
         agg = s.aggregate
-        assert isinstance(agg, artifacts.MultiSeedAggregate)  # built in this run (a dict only when read back)
         table.add_row(
             s.tag, str(len(agg.seeds)),
             _spread(agg, "success_rate", ".3f"), _spread(agg, "return", ".2f"), _spread(agg, "final_distance", ".4f"),
@@ -286,7 +296,8 @@ def _print_settings(title: str, settings: list[SettingSummary]) -> None:
 
 
 def _run_grid(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
-              grid: dict[str, list[Any]], root: Path, **kw: Any) -> tuple[Any, list[SettingSummary], bool]:
+              grid: dict[str, list[GridValue]], root: Path,
+              **kw: Unpack[RunOptions]) -> tuple[SweepPlan, list[SettingSummary], bool]:
     from fetchrl.sweep.plan import grid_plan
 
     plan = grid_plan(name, config, eval_config, seeds, grid, root)
@@ -295,7 +306,7 @@ def _run_grid(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Se
 
 
 def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], clip_ranges: Sequence[float],
-           root: Path, **kw: Any) -> int:
+           root: Path, **kw: Unpack[RunOptions]) -> int:
     """Exercise 2.4: every clip_range x seeds; answers the exercise's three questions."""
     from fetchrl.analysis.plots import plot_ablation
     from fetchrl.sweep.plan import check_distinct
@@ -310,7 +321,7 @@ def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], c
     _print_settings("Exercise 2.4 — clip_range ablation", settings)
     for question, answer in summary.answers.items():
         console.print(f"[bold]{question}[/]: {answer}")
-    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]  # type: ignore[union-attr]
+    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]
               for s in settings}
     png = _plot_or_none(plot_ablation, groups, artifacts.ablation_plot_path("clip_range", root))
     print_outputs({"ablation": out, "plot": png})
@@ -318,18 +329,18 @@ def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], c
 
 
 def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
-          grid: dict[str, list[Any]], root: Path, **kw: Any) -> int:
+          grid: dict[str, list[GridValue]], root: Path, **kw: Unpack[RunOptions]) -> int:
     """A grid over seeds x hyper-parameters; one aggregate per configuration plus a summary JSON."""
     from fetchrl.analysis.plots import plot_ablation
 
     plan, settings, any_failed = _run_grid(name, config, eval_config, seeds, grid, root, **kw)
     for s in settings:
-        s.aggregate.to_json(artifacts.multi_seed_aggregate_path(Path(s.root)))  # type: ignore[union-attr]
+        s.aggregate.to_json(artifacts.multi_seed_aggregate_path(Path(s.root)))
     summary = SweepSummary(artifacts.now_iso(), name, config.env_id, list(seeds), config.total_steps, grid, settings)
     out = artifacts.sweep_summary_path(name, root)
     summary.to_json(out)
     _print_settings(f"sweep {name}", settings)
-    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]  # type: ignore[union-attr]
+    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]
               for s in settings}
     png = _plot_or_none(plot_ablation, groups, artifacts.sweep_plot_path(name, root))
     print_outputs({"sweep": out, "plot": png})

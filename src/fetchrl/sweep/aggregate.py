@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from fetchrl.analysis.stats import mean_std, rliable_summary
 from fetchrl.artifacts import (
@@ -24,7 +23,7 @@ SEED_METRICS = ("success_rate", "return_mean", "final_distance_mean")
 AGGREGATE_NAMES = {"success_rate": "success_rate", "return_mean": "return", "final_distance_mean": "final_distance"}
 
 
-def aggregate_from_disk(env_id: str, seeds: Iterable[int], root: Path, config: dict[str, Any] | None = None,
+def aggregate_from_disk(env_id: str, seeds: Iterable[int], root: Path, config: dict[str, object] | None = None,
                         *, with_rliable: bool = True, names: ArtifactNames = DEFAULT_NAMES) -> MultiSeedAggregate:
     """Aggregate the eval JSONs of ``seeds`` under ``root``: mean ± sample std, IQM with 95 % CIs.
 

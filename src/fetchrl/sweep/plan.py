@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fetchrl.artifacts import DEFAULT_NAMES, ArtifactNames, MultiSeedAggregate, trial_root
 from fetchrl.config import HYPERPARAMETER_NAMES, EvalConfig, TrainConfig
@@ -15,13 +14,16 @@ from fetchrl.errors import FetchRLError
 from fetchrl.sweep.aggregate import aggregate_from_disk
 from fetchrl.sweep.trials import Trial, is_complete
 
+#: One value of a grid's hyper-parameter (the TrainConfig field's type: int or float).
+GridValue = int | float
 
-def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[GridValue]]:
     """``["clip_range=0.1,0.2", "learning_rate=3e-4"]`` -> ``{"clip_range": [0.1, 0.2], ...}``.
 
     Values take the type of the TrainConfig field (int or float); FetchRLError on anything else.
     """
-    grid: dict[str, list[Any]] = {}
+    grid: dict[str, list[GridValue]] = {}
     for item in items:
         name, sep, values = item.partition("=")
         name = name.strip().replace("-", "_")
@@ -43,14 +45,14 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def check_distinct(flag: str, values: Sequence[Any], *, sep: str = " ") -> None:
+def check_distinct(flag: str, values: Sequence[object], *, sep: str = " ") -> None:
     """FetchRLError naming ``flag`` when a value is listed twice (``0.1`` and ``0.10`` are the same value).
 
     ``sep`` joins the values in the message as the user typed them (``,`` in ``--grid``).
 
     A grid runs each setting once: a duplicate would otherwise be dropped without a word.
     """
-    seen: list[Any] = []
+    seen: list[object] = []
     for v in values:
         if v in seen:
             listed = sep.join(str(x) for x in values)
@@ -58,7 +60,7 @@ def check_distinct(flag: str, values: Sequence[Any], *, sep: str = " ") -> None:
         seen.append(v)
 
 
-def config_tag(overrides: dict[str, Any]) -> str:
+def config_tag(overrides: Mapping[str, object]) -> str:
     """``{"clip_range": 0.1, "n_epochs": 5}`` -> ``"clip_range=0.1,n_epochs=5"``; ``{}`` -> ``"default"``."""
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
 
@@ -71,7 +73,7 @@ class SweepPlan:
     base: TrainConfig
     eval_config: EvalConfig
     seeds: list[int]
-    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configs: dict[str, dict[str, GridValue]] = field(default_factory=dict)
     root: Path = Path(".")
     names: ArtifactNames = DEFAULT_NAMES
     """The chapter's artifact names (default chapter 2's): every trial's paths."""
@@ -109,7 +111,7 @@ class SweepPlan:
 
 
 def grid_plan(name: str, base: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
-              grid: dict[str, list[Any]], root: Path = Path(".")) -> SweepPlan:
+              grid: Mapping[str, Sequence[GridValue]], root: Path = Path(".")) -> SweepPlan:
     """Every combination of the grid's values as one configuration (``{}`` -> the base alone)."""
     names = list(grid)
     for n in names:  # parse_grid and the ablation's flag check this first, naming the flag
