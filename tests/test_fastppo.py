@@ -118,7 +118,7 @@ def _assert_same_buffer(ref: Any, fast: Any) -> None:
 def test_the_runtime_picks_fastppo_on_the_fast_path_only() -> None:
     assert model_class(Runtime.decide(ENV_ID)) is FastPPO
     assert model_class(Runtime.decide(ENV_ID, reference_env=True)) is PPO
-    assert model_class(Runtime.decide("FetchPush-v4")) is PPO  # no fast env: plain SB3 throughout
+    assert model_class(Runtime.decide("FetchSlide-v4")) is PPO  # no fast env: plain SB3 throughout
 
 
 def test_fast_path_equals_the_chapters_plain_sb3_setup() -> None:
