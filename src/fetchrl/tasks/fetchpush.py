@@ -25,13 +25,13 @@ import mujoco
 import numpy as np
 
 from fetchrl.tasks.fast import Info, Obs
+from fetchrl.tasks.fetchbase import SharedModelMixin
 
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
 # Importing it also registers its ids (FetchPush-v4, ...), whose kwargs make_raw reads.
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from gymnasium_robotics.envs.fetch.push import MujocoFetchPushEnv
-    from gymnasium_robotics.utils import mujoco_utils
 
 #: The ids this env serves (the reward type comes from :data:`fetchrl.runtime.FAST_ENVS`).
 FAST_ENV_IDS: tuple[str, ...] = ("FetchPush-v4", "FetchPushDense-v4")
@@ -65,22 +65,7 @@ def mat2euler(mat: np.ndarray) -> np.ndarray:
     return euler
 
 
-def mocap_welds(model: mujoco.MjModel) -> list[tuple[int, int]]:
-    """(mocap id, welded body id) of every weld constraint, in model order — what
-    ``mujoco_utils.reset_mocap2body_xpos`` walks (by name-free id) on every step."""
-    welds: list[tuple[int, int]] = []
-    for eq_type, obj1, obj2 in zip(model.eq_type, model.eq_obj1id, model.eq_obj2id, strict=True):
-        if eq_type != mujoco.mjtEq.mjEQ_WELD:
-            continue
-        mocap_id, body = int(model.body_mocapid[obj1]), int(obj2)
-        if mocap_id == -1:
-            mocap_id, body = int(model.body_mocapid[obj2]), int(obj1)
-        assert mocap_id != -1, "a weld without a mocap body"
-        welds.append((mocap_id, body))
-    return welds
-
-
-class FastFetchPushEnv(MujocoFetchPushEnv):
+class FastFetchPushEnv(SharedModelMixin, MujocoFetchPushEnv):
     """``MujocoFetchPushEnv`` with cached addresses and a lean ``step`` (identical numbers).
 
     What the push model is — checked by the constructor, since the lean step relies on it: one mocap
@@ -89,65 +74,20 @@ class FastFetchPushEnv(MujocoFetchPushEnv):
     jointed block ``object0`` and the ``robot0:grip`` site.
     """
 
-    def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: object) -> None:
-        """``shared_model``: step with this (identical) model instead of the one built from the XML.
-
-        Several envs on one ``MjModel`` instead of one copy each keep it in cache and save memory.
-        MuJoCo only reads the model while stepping and resetting. Not for rendering envs: ``render``
-        moves the target's site in the model.
-        """
-        self._shared_model = shared_model
-        super().__init__(**kwargs)
-
-    def _initialize_simulation(self) -> None:
-        if self._shared_model is None:
-            super()._initialize_simulation()
-        else:
-            # MujocoRobotEnv._initialize_simulation, on the shared model instead of a fresh copy of the
-            # XML's. _env_setup rewrites the model's weld data with the constants the first env already
-            # wrote there; everything else it sets is this env's MjData.
-            self.model = self._shared_model
-            self.data = mujoco.MjData(self.model)
-            self._model_names = mujoco_utils.MujocoModelNames(self.model)
-            self.model.vis.global_.offwidth = self.width
-            self.model.vis.global_.offheight = self.height
-            self._env_setup(initial_qpos=self.initial_qpos)  # type: ignore[has-type]
-            self.initial_time = self.data.time
-            self.initial_qpos = np.copy(self.data.qpos)
-            self.initial_qvel = np.copy(self.data.qvel)
-        self._cache_addresses()
-
     def _cache_addresses(self) -> None:
         """Every id, address and NumPy view the step reads, looked up once."""
-        m, d = self.model, self.data
+        self._cache_robot()
+        m = self.model
         assert m.nu == 0 and m.nmocap >= 1, "FastFetchPushEnv needs the mocap-driven push model (no actuators)"
         assert self.has_object and self.block_gripper, "FastFetchPushEnv needs the push task's block and blocked gripper"
-        site, joint = mujoco.mjtObj.mjOBJ_SITE, mujoco.mjtObj.mjOBJ_JOINT
-        self._grip_site = mujoco.mj_name2id(m, site, "robot0:grip")
-        self._object_site = mujoco.mj_name2id(m, site, "object0")
-        assert self._grip_site != -1 and self._object_site != -1
-        robot_joints = [n for n in self._model_names.joint_names if n.startswith("robot")]
-        # The observation's gripper state / velocity are the last two robot joints (stock order: right, left).
-        last_two = [mujoco.mj_name2id(m, joint, n) for n in robot_joints[-2:]]
-        for jid in last_two:
-            assert m.jnt_type[jid] in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)
-        self._grip_qpos_adr = np.array([m.jnt_qposadr[j] for j in last_two], dtype=np.intp)
-        self._grip_dof_adr = np.array([m.jnt_dofadr[j] for j in last_two], dtype=np.intp)
-        # _step_callback zeroes the two finger joints (left first, then right, as the stock one).
-        fingers = ("robot0:l_gripper_finger_joint", "robot0:r_gripper_finger_joint")
-        self._finger_qpos_adr = [int(m.jnt_qposadr[mujoco.mj_name2id(m, joint, n)]) for n in fingers]
-        self._welds = mocap_welds(m)
+        self._object_site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, "object0")
+        assert self._object_site != -1
         # Jacobian buffers, rewritten whole by mj_jacSite; (3, nv) C arrays like the stock fresh ones,
         # so `jac @ qvel` takes the same BLAS path.
         self._jacp_grip = np.zeros((3, m.nv))
         self._jacp_object = np.zeros((3, m.nv))
         self._jacr_object = np.zeros((3, m.nv))
-        self._rot_ctrl = np.array([1.0, 0.0, 1.0, 0.0])  # fixed end-effector rotation delta (stock)
-        # The stock code recomputes this product every step; it is the same float each time.
-        self._obs_dt = self.n_substeps * m.opt.timestep
-        # MjData's arrays never move: keep the NumPy views instead of asking the bindings every step.
-        self._qpos, self._qvel = d.qpos, d.qvel
-        self._mocap_pos, self._mocap_quat, self._xpos, self._xquat = d.mocap_pos, d.mocap_quat, d.xpos, d.xquat
+        d = self.data
         self._grip_pos = d.site_xpos[self._grip_site]  # [3] views, as mujoco_utils.get_site_xpos returns
         self._object_pos = d.site_xpos[self._object_site]
         self._object_xmat = d.site_xmat[self._object_site].reshape(3, 3)  # as mujoco_utils.get_site_xmat

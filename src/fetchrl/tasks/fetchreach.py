@@ -25,83 +25,30 @@ import mujoco
 import numpy as np
 
 from fetchrl.tasks.fast import Info, Obs
+from fetchrl.tasks.fetchbase import SharedModelMixin
 
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from gymnasium_robotics.envs.fetch.reach import MujocoFetchReachEnv
-    from gymnasium_robotics.utils import mujoco_utils
 
 #: The ids this env serves (the reward type comes from :data:`fetchrl.runtime.FAST_ENVS`).
 FAST_ENV_IDS: tuple[str, ...] = ("FetchReachDense-v4", "FetchReach-v4")
 
 
-class FastFetchReachEnv(MujocoFetchReachEnv):
+class FastFetchReachEnv(SharedModelMixin, MujocoFetchReachEnv):
     """``MujocoFetchReachEnv`` with cached addresses and a lean ``step`` (identical numbers).
 
     Only the reach task qualifies: no object, gripper blocked, no actuators (``model.nu == 0``), so
     the action only moves the mocap body; the constructor checks these assumptions.
     """
 
-    def __init__(self, shared_model: mujoco.MjModel | None = None, **kwargs: object) -> None:
-        """``shared_model``: step with this (identical) model instead of the one built from the XML.
-
-        Several envs on one ``MjModel`` (8.5 MB, mostly collision meshes) instead of one copy each
-        keep it in cache: stepping is a few per cent faster and memory smaller. MuJoCo only reads
-        the model while stepping, so even threads could share it. Not for rendering envs:
-        ``render`` moves the target's site in the model.
-        """
-        self._shared_model = shared_model
-        super().__init__(**kwargs)
-
-    def _initialize_simulation(self) -> None:
-        if self._shared_model is None:
-            super()._initialize_simulation()
-        else:
-            # MujocoRobotEnv._initialize_simulation, on the shared model instead of a fresh copy of the
-            # XML's. _env_setup rewrites the model's weld data with the constants the first env already
-            # wrote there; everything else it sets is this env's MjData.
-            self.model = self._shared_model
-            self.data = mujoco.MjData(self.model)
-            self._model_names = mujoco_utils.MujocoModelNames(self.model)
-            self.model.vis.global_.offwidth = self.width
-            self.model.vis.global_.offheight = self.height
-            self._env_setup(initial_qpos=self.initial_qpos)  # type: ignore[has-type]
-            self.initial_time = self.data.time
-            self.initial_qpos = np.copy(self.data.qpos)
-            self.initial_qvel = np.copy(self.data.qvel)
+    def _cache_addresses(self) -> None:
+        self._cache_robot()
         m = self.model
         assert m.nu == 0 and m.nmocap >= 1, "FastFetchReachEnv needs the mocap-driven reach model"
-        site = mujoco.mjtObj.mjOBJ_SITE
-        joint = mujoco.mjtObj.mjOBJ_JOINT
-        self._grip_site = mujoco.mj_name2id(m, site, "robot0:grip")
-        robot_joints = [n for n in self._model_names.joint_names if n.startswith("robot")]
-        # The observation's gripper state / velocity are the last two robot joints (stock order).
-        last_two = [mujoco.mj_name2id(m, joint, n) for n in robot_joints[-2:]]
-        for jid in last_two:
-            assert m.jnt_type[jid] in (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)
-        self._grip_qpos_adr = np.array([m.jnt_qposadr[j] for j in last_two], dtype=np.intp)
-        self._grip_dof_adr = np.array([m.jnt_dofadr[j] for j in last_two], dtype=np.intp)
-        # _step_callback zeroes the two finger joints (left first, then right, as the stock one).
-        fingers = ("robot0:l_gripper_finger_joint", "robot0:r_gripper_finger_joint")
-        self._finger_qpos_adr = [int(m.jnt_qposadr[mujoco.mj_name2id(m, joint, n)]) for n in fingers]
-        # (mocap id, welded body id) of every weld, in model order (mujoco_utils.reset_mocap2body_xpos).
-        self._welds: list[tuple[int, int]] = []
-        for eq_type, obj1, obj2 in zip(m.eq_type, m.eq_obj1id, m.eq_obj2id, strict=True):
-            if eq_type != mujoco.mjtEq.mjEQ_WELD:
-                continue
-            mocap_id, body = int(m.body_mocapid[obj1]), int(obj2)
-            if mocap_id == -1:
-                mocap_id, body = int(m.body_mocapid[obj2]), int(obj1)
-            self._welds.append((mocap_id, body))
         self._jacp = np.zeros((3, m.nv))
-        self._rot_ctrl = np.array([1.0, 0.0, 1.0, 0.0])  # fixed end-effector rotation delta (stock)
-        # The stock code recomputes this product every step; it is the same float each time.
-        self._obs_dt = self.n_substeps * m.opt.timestep
-        # MjData's arrays never move: keep the NumPy views instead of asking the bindings every step.
-        d = self.data
-        self._qpos, self._qvel, self._site_xpos = d.qpos, d.qvel, d.site_xpos
-        self._mocap_pos, self._mocap_quat, self._xpos, self._xquat = d.mocap_pos, d.mocap_quat, d.xpos, d.xquat
+        self._site_xpos = self.data.site_xpos
 
     # ------------------------------------------------------------------ step
     def step(self, action: np.ndarray) -> tuple[Obs, np.ndarray, bool, bool, Info]:
