@@ -26,7 +26,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_PATH = ROOT / "scripts" / "labs" / "her_relabeler.py"
-REGIONS = ("data_structures", "goal_sampling", "relabel_transition", "her_buffer_insert", "her_buffer_sample")
 
 
 @pytest.fixture(scope="module")
@@ -543,31 +542,8 @@ def test_verify_fails_when_relabeled_copies_keep_the_old_reward(
 
 
 # ---------------------------------------------------------------------------
-# Snippet regions for the chapter's --8<-- includes
+# Imports (the lab stands alone; its snippet regions: tests/test_lab_regions.py)
 # ---------------------------------------------------------------------------
-
-def test_snippet_regions_exist_balanced_and_parse() -> None:
-    lines = LAB_PATH.read_text().splitlines()
-    markers = [(i, m.group(1), m.group(2)) for i, line in enumerate(lines)
-               if (m := re.match(r"\s*# --8<-- \[(start|end):(\w+)\]\s*$", line))]
-    open_regions: dict[str, int] = {}
-    spans: dict[str, tuple[int, int]] = {}
-    for i, kind, name in markers:
-        if kind == "start":
-            assert name not in open_regions and name not in spans, f"region {name} opened twice"
-            open_regions[name] = i
-        else:
-            assert name in open_regions, f"region {name} ends before it starts"
-            spans[name] = (open_regions.pop(name), i)
-    assert not open_regions, f"unclosed regions: {sorted(open_regions)}"
-    assert set(REGIONS) <= set(spans)
-    for name in REGIONS:
-        start, end = spans[name]
-        body = "\n".join(lines[start + 1:end])
-        assert body.strip(), f"region {name} is empty"
-        tree = ast.parse(textwrap.dedent(body))
-        assert any(isinstance(node, ast.FunctionDef | ast.ClassDef) for node in tree.body), name
-
 
 def test_lab_imports_no_sb3_and_no_robotics() -> None:
     code = ("import importlib.util, sys; "

@@ -5,14 +5,12 @@ The lab is a script, not a package module: it is imported from its path with imp
 
 from __future__ import annotations
 
-import ast
 import copy
 import importlib.util
 import math
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,8 +25,6 @@ from torch.distributions import Normal
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_PATH = ROOT / "scripts" / "labs" / "sac_from_scratch.py"
-REGIONS = ("gaussian_policy", "twin_q_network", "replay_buffer", "twin_q_loss", "actor_loss", "temperature_loss",
-           "sac_update", "sac_training_loop")
 
 
 @pytest.fixture(scope="module")
@@ -373,33 +369,6 @@ def test_lab_imports_no_sb3_and_no_robotics() -> None:
             "print('stable_baselines3' in sys.modules, 'gymnasium_robotics' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "False"], result.stderr
-
-
-# ---------------------------------------------------------------------------
-# Snippet regions for the chapter's --8<-- includes
-# ---------------------------------------------------------------------------
-
-def test_snippet_regions_exist_balanced_and_parse() -> None:
-    lines = LAB_PATH.read_text().splitlines()
-    markers = [(i, m.group(1), m.group(2)) for i, line in enumerate(lines)
-               if (m := re.match(r"\s*# --8<-- \[(start|end):(\w+)\]\s*$", line))]
-    open_regions: dict[str, int] = {}
-    spans: dict[str, tuple[int, int]] = {}
-    for i, kind, name in markers:
-        if kind == "start":
-            assert name not in open_regions and name not in spans, f"region {name} opened twice"
-            open_regions[name] = i
-        else:
-            assert name in open_regions, f"region {name} ends before it starts"
-            spans[name] = (open_regions.pop(name), i)
-    assert not open_regions, f"unclosed regions: {sorted(open_regions)}"
-    assert set(REGIONS) <= set(spans)
-    for name in REGIONS:
-        start, end = spans[name]
-        body = "\n".join(lines[start + 1:end])
-        assert body.strip(), f"region {name} is empty"
-        tree = ast.parse(textwrap.dedent(body))
-        assert any(isinstance(node, ast.FunctionDef | ast.ClassDef) for node in tree.body), name
 
 
 # ---------------------------------------------------------------------------
