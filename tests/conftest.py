@@ -17,6 +17,16 @@ TINY = TrainConfig(total_steps=2048, n_envs=2, n_steps=256, batch_size=64, n_epo
 TINY_EVAL = EvalConfig(n_episodes=6)
 
 
+@pytest.fixture(autouse=True)
+def _no_env_worker_outlives_its_test() -> Iterator[None]:
+    """Close the process VecEnvs a test dropped without closing: each holds a forked worker with a copy
+    of this process (~1 GB resident late in the session) until the session ends otherwise."""
+    yield
+    from fetchrl.vecenv.process import close_open_envs
+
+    close_open_envs()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
     """A real 2,048-step PPO run with its eval JSON, under a session temp dir. Do not modify it."""

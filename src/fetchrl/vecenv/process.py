@@ -74,15 +74,22 @@ def _track(vec: ProcessVecEnv) -> None:
     """Close ``vec`` at interpreter exit if its owner did not: registered after ``multiprocessing``
     (imported by now), this hook runs before its exit hook, which would SIGTERM and join the worker."""
     if not _OPEN:
-        atexit.unregister(_close_open_envs)
-        atexit.register(_close_open_envs)
+        atexit.unregister(close_open_envs)
+        atexit.register(close_open_envs)
     _OPEN.add(vec)
 
 
-def _close_open_envs() -> None:
-    for vec in list(_OPEN):
+def close_open_envs() -> int:
+    """Close every process VecEnv of this process that is still open (their workers exit); how many.
+
+    Runs at interpreter exit; a test harness calls it after each test, so a test that drops a VecEnv
+    without closing it does not leave its worker (and the forked copy of the harness) behind.
+    """
+    still_open = list(_OPEN)
+    for vec in still_open:
         with contextlib.suppress(Exception):
             vec.close()
+    return len(still_open)
 
 
 class ProcessVecEnv(VecEnv):
