@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from typing import Any
 
 import mujoco
 import numpy as np
+
+from fetchrl.tasks.fast import Info, Obs
 
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
     warnings.simplefilter("ignore")  # gymnasium_robotics' unrelated Adroit notice on import
@@ -72,6 +75,32 @@ class SharedModelMixin:
             self.initial_qpos = np.copy(self.data.qpos)
             self.initial_qvel = np.copy(self.data.qvel)
         self._cache_addresses()
+
+    def step(self, action: np.ndarray) -> tuple[Obs, Any, bool, bool, Info]:
+        """BaseRobotEnv.step with the env's lean ``_set_action`` and ``_get_obs`` (same arithmetic).
+
+        Fetch never terminates or truncates by itself (its TimeLimit truncates at 50 steps). Returns
+        (obs, reward, False, False, {"is_success": float32}); reward is a float32 0 / -1 (sparse) or
+        the float64 minus goal distance (dense).
+        """
+        env: Any = self  # the attributes below are the Gymnasium-Robotics env's
+        action = np.asarray(action)
+        space = env.action_space
+        if action.shape != space.shape:
+            raise ValueError("Action dimension mismatch")
+        action = np.minimum(np.maximum(action, space.low), space.high)  # np.clip's result, in fewer calls
+        env._set_action(action)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)  # releases the GIL
+        env._step_callback()
+        if env.render_mode == "human":
+            env.render()
+        obs: Obs = env._get_obs()
+        # goal_distance once (the stock step computes it for is_success and again for the reward)
+        delta = obs["achieved_goal"] - env.goal
+        d = np.sqrt(np.add.reduce(delta * delta, axis=-1))  # np.linalg.norm(delta, axis=-1), its own ops
+        info: Info = {"is_success": (d < env.distance_threshold).astype(np.float32)}
+        reward = -(d > env.distance_threshold).astype(np.float32) if env.reward_type == "sparse" else -d
+        return obs, reward, False, False, info
 
     def _cache_addresses(self) -> None:
         """The env's own ids and views; overridden by each env, starting with :meth:`_cache_robot`."""

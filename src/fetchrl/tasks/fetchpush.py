@@ -24,7 +24,7 @@ import warnings
 import mujoco
 import numpy as np
 
-from fetchrl.tasks.fast import Info, Obs
+from fetchrl.tasks.fast import Obs
 from fetchrl.tasks.fetchbase import SharedModelMixin
 
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
@@ -93,36 +93,6 @@ class FastFetchPushEnv(SharedModelMixin, MujocoFetchPushEnv):
         self._object_xmat = d.site_xmat[self._object_site].reshape(3, 3)  # as mujoco_utils.get_site_xmat
 
     # ------------------------------------------------------------------ step
-    def step(self, action: np.ndarray) -> tuple[Obs, np.ndarray, bool, bool, Info]:
-        """BaseRobotEnv.step with its hooks lean (same arithmetic); Fetch never terminates or truncates
-        by itself (``gym.make``'s ``TimeLimit`` truncates at step 50).
-
-        Args:
-            action: [4] (dx, dy, dz, gripper), clipped to [-1, 1]; the gripper command is ignored
-                (Push blocks the gripper), as in the stock env.
-        Returns:
-            (obs, reward, False, False, {"is_success": float32}); obs is {"observation": [25],
-            "achieved_goal": [3] block position, "desired_goal": [3]}, all float64; reward is a float32
-            0 / -1 (sparse) or the float64 minus distance (dense).
-        """
-        action = np.asarray(action)
-        space = self.action_space
-        if action.shape != space.shape:
-            raise ValueError("Action dimension mismatch")
-        action = np.minimum(np.maximum(action, space.low), space.high)  # np.clip's result, in fewer calls
-        self._set_action(action)
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)  # releases the GIL
-        self._step_callback()
-        if self.render_mode == "human":
-            self.render()
-        obs = self._get_obs()
-        # goal_distance once (the stock step computes it for is_success and again for the reward)
-        delta = obs["achieved_goal"] - self.goal
-        d = np.sqrt(np.add.reduce(delta * delta, axis=-1))  # np.linalg.norm(delta, axis=-1), its own ops
-        info = {"is_success": (d < self.distance_threshold).astype(np.float32)}
-        reward = -(d > self.distance_threshold).astype(np.float32) if self.reward_type == "sparse" else -d
-        return obs, reward, False, False, info
-
     def _set_action(self, action: np.ndarray) -> None:
         """MujocoFetchEnv._set_action for one mocap body and no actuators.
 

@@ -24,7 +24,7 @@ import warnings
 import mujoco
 import numpy as np
 
-from fetchrl.tasks.fast import Info, Obs
+from fetchrl.tasks.fast import Obs
 from fetchrl.tasks.fetchbase import SharedModelMixin
 
 # gymnasium_robotics prints an unrelated Adroit notice on import; keep the output clean (as envs.py does).
@@ -50,27 +50,8 @@ class FastFetchReachEnv(SharedModelMixin, MujocoFetchReachEnv):
         self._jacp = np.zeros((3, m.nv))
         self._site_xpos = self.data.site_xpos
 
-    # ------------------------------------------------------------------ step
-    def step(self, action: np.ndarray) -> tuple[Obs, np.ndarray, bool, bool, Info]:
-        """BaseRobotEnv.step with _set_action, _step_callback and _get_obs inlined (same arithmetic)."""
-        action = np.asarray(action)
-        space = self.action_space
-        if action.shape != space.shape:
-            raise ValueError("Action dimension mismatch")
-        action = np.minimum(np.maximum(action, space.low), space.high)  # np.clip's result, in fewer calls
-        self._apply_action(action)
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)  # releases the GIL
-        self._step_callback()
-        if self.render_mode == "human":
-            self.render()
-        obs = self._get_obs()
-        delta = obs["achieved_goal"] - self.goal
-        d = np.sqrt(np.add.reduce(delta * delta, axis=-1))  # np.linalg.norm(delta, axis=-1), its own ops
-        info = {"is_success": (d < self.distance_threshold).astype(np.float32)}
-        reward = -(d > self.distance_threshold).astype(np.float32) if self.reward_type == "sparse" else -d
-        return obs, reward, False, False, info
-
-    def _apply_action(self, action: np.ndarray) -> None:
+    # ------------------------------------------------------------------ step (SharedModelMixin.step)
+    def _set_action(self, action: np.ndarray) -> None:
         """BaseFetchEnv._set_action + mujoco_utils.mocap_set_action for one mocap, no actuators."""
         pos_ctrl = action[:3] * 0.05  # limit maximum change in position (in the action's dtype, as stock)
         mocap_pos, mocap_quat = self._mocap_pos, self._mocap_quat
