@@ -103,8 +103,9 @@ def _parsed(parse: Callable[[str], object]) -> Callable[[str], object]:
 
 
 def _chapter(args: argparse.Namespace) -> Chapter:
+    """The chapter the command runs: with a control arm (ch04), the ``--her`` switch picks the arm."""
     chapter: Chapter = args.chapter
-    return chapter
+    return chapter.arm(bool(getattr(args, "her", False)))
 
 
 # ============================================================================ shared options
@@ -114,7 +115,11 @@ def _run_options(chapter: Chapter) -> _Parser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=_run_int("seed"), default=d.seed,
                    help=f"training seed, 0 .. 2**32 - 1 - (n_envs - 1) (default {d.seed})")
-    g.add_argument("--env-id", default=d.env_id, help=f"Gymnasium id (default {d.env_id})")
+    g.add_argument("--env-id", "--env", dest="env_id", default=d.env_id, help=f"Gymnasium id (default {d.env_id})")
+    if chapter.control is not None:
+        g.add_argument("--her", action="store_true",
+                       help=f"the {chapter.algorithm.title} arm (default: the control arm, {chapter.control.algorithm.title} "
+                            "with a plain replay buffer)")
     g.add_argument("--root", type=Path, default=Path("."),
                    help="directory holding checkpoints/, results/, runs/, videos/ (default .)")
     g.add_argument("--device", type=_device, default=d.device,
@@ -141,17 +146,44 @@ def _train_options(chapter: Chapter) -> _Parser:
     p = _Parser(add_help=False)
     g = p.add_argument_group(f"{chapter.algorithm.title} (the chapter's defaults)")
     for name in ("total_steps", "n_envs"):
-        g.add_argument(flag_name(name), type=_run_int(name), default=getattr(d, name),
-                       help=_field_help(run_docs, name, getattr(d, name)))
+        g.add_argument(flag_name(name), type=_run_int(name), default=_default(chapter, name, getattr(d, name)),
+                       help=_field_help(run_docs, name, _shown_default(chapter, name, getattr(d, name))))
+    only_treatment = _treatment_only(chapter)
     for f in algo.tunable_fields():
         default = getattr(algo, f.name)
         spec = f.metadata["bounds"]
         kind = _bounded(f.name, spec) if isinstance(spec, Bounds) else _parsed(spec.parse)
-        g.add_argument(flag_name(f.name), type=kind, default=default,
-                       help=_field_help(algo_docs, f.name, default))
+        shown = _shown_default(chapter, f.name, default) + (" ; with --her only" if f.name in only_treatment else "")
+        g.add_argument(flag_name(f.name), type=kind, default=_default(chapter, f.name, default),
+                       help=_field_help(algo_docs, f.name, shown))
     g.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True): bit-identical reruns on CPU")
     return p
+
+
+def _overridden(chapter: Chapter) -> set[str]:
+    """Settings some task of the chapter defaults differently (ch04: FetchPush-v4's total_steps, ent_coef)."""
+    return {name for overrides in chapter.env_overrides.values() for name in overrides}
+
+
+def _default(chapter: Chapter, name: str, default: object) -> object:
+    """A flag's argparse default: None for a setting whose default depends on the task (resolved by
+    :func:`_train_config` once the task is known)."""
+    return None if name in _overridden(chapter) else default
+
+
+def _shown_default(chapter: Chapter, name: str, default: object) -> str:
+    """``"500000; FetchPush-v4: 2000000"``: the default as --help shows it."""
+    per_env = [f"{env}: {overrides[name]}" for env, overrides in chapter.env_overrides.items() if name in overrides]
+    return "; ".join([str(default), *per_env])
+
+
+def _treatment_only(chapter: Chapter) -> set[str]:
+    """Hyper-parameters of the treatment arm that the control arm has not (ch04: HER's)."""
+    if chapter.control is None:
+        return set()
+    control = {f.name for f in chapter.control.defaults.algo.tunable_fields()}
+    return {f.name for f in chapter.defaults.algo.tunable_fields()} - control
 
 
 def _eval_options(chapter: Chapter) -> _Parser:
@@ -177,12 +209,20 @@ def _sweep_options(chapter: Chapter) -> _Parser:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run the flags describe: the chapter's (arm's) defaults for the task, then every flag given."""
     chapter = _chapter(args)
-    hyperparameters = {f.name: getattr(args, f.name) for f in chapter.defaults.algo.tunable_fields()}
-    return chapter.defaults.replace(
-        env_id=args.env_id, seed=args.seed, total_steps=args.total_steps, n_envs=args.n_envs, device=args.device,
-        deterministic_torch=args.deterministic, fast_env=not args.reference_env, portable=args.portable,
-        algo=dataclasses.replace(chapter.defaults.algo, **hyperparameters),
+    base = chapter.defaults_for(args.env_id)
+    hyperparameters = {f.name: getattr(args, f.name) for f in base.algo.tunable_fields()}
+    hyperparameters = {k: v for k, v in hyperparameters.items() if v is not None}
+    treatment: Chapter = args.chapter
+    for name in sorted(_treatment_only(treatment)):
+        if chapter is not treatment and getattr(args, name) != getattr(treatment.defaults.algo, name):
+            raise FetchRLError(f"{flag_name(name)} is a setting of the --her arm; add --her or drop it")
+    return base.replace(
+        seed=args.seed, total_steps=base.total_steps if args.total_steps is None else args.total_steps,
+        n_envs=args.n_envs, device=args.device, deterministic_torch=args.deterministic,
+        fast_env=not args.reference_env, portable=args.portable,
+        algo=dataclasses.replace(base.algo, **hyperparameters),
     )
 
 
@@ -245,7 +285,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fetchrl.workflows import report
 
-    return report(_paths(args), _runtime(args), criteria=_chapter(args).criteria)
+    return report(_paths(args), _runtime(args), criteria=_chapter(args).criteria_for(args.env_id))
 
 
 def cmd_all(args: argparse.Namespace) -> int:
@@ -253,7 +293,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 
     return run_all(_train_config(args), _eval_config(args), _paths(args), progress=not args.no_progress,
                    video=not args.no_video, resume=args.resume, force=args.force, command=_command_line(args),
-                   criteria=_chapter(args).criteria, checkpoint_every=args.checkpoint_every)
+                   criteria=_chapter(args).criteria_for(args.env_id), checkpoint_every=args.checkpoint_every)
 
 
 def cmd_multi_seed(args: argparse.Namespace) -> int:
@@ -261,15 +301,20 @@ def cmd_multi_seed(args: argparse.Namespace) -> int:
 
     return multi_seed(_train_config(args), _eval_config(args), list(range(args.seeds)), args.root,
                       backend=args.backend, workers=args.workers, ray_address=args.ray_address,
-                      progress=not args.no_progress, names=_chapter(args).artifacts)
+                      progress=not args.no_progress, names=_chapter(args).names_for(args.env_id))
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from fetchrl.workflows import ablate
 
-    return ablate(_train_config(args), _eval_config(args), list(range(args.seeds)), args.clip_ranges, args.root,
-                  backend=args.backend, workers=args.workers, ray_address=args.ray_address,
-                  progress=not args.no_progress)
+    chapter = _chapter(args)
+    assert chapter.ablation is not None  # the command exists only for a chapter with an ablation
+    values = [v for group in args.ablation_values for v in group]
+    return ablate(_train_config(args), _eval_config(args), list(range(args.seeds)), values, args.root,
+                  param=chapter.ablation.param, exercise=chapter.ablation.exercise,
+                  flag=chapter.ablation.flag or f"{flag_name(chapter.ablation.param)}s",
+                  names=chapter.names_for(args.env_id), backend=args.backend, workers=args.workers,
+                  ray_address=args.ray_address, progress=not args.no_progress)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -409,14 +454,27 @@ def _throughput_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
                                      f"{chapter.defaults.algo.hyperparameters['learning_starts']})")
 
 
+def _listed(parse: Callable[[str], int | float]) -> Callable[[str], list[int | float]]:
+    """An argparse ``type`` for ``"2,4,8"`` (and, with ``nargs="+"``, ``2 4 8``): each value parsed."""
+
+    def parse_list(text: str) -> list[int | float]:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text[:40]!r}")
+        return [parse(part) for part in parts]
+
+    return parse_list
+
+
 def _ablate_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     if chapter.ablation is None:
         raise ValueError(f"{chapter.id} offers 'ablate' but has no ablation")
     a = chapter.ablation
     bounds = chapter.algorithm.config_class.tunable_fields()
     field = next(f for f in bounds if f.name == a.param)
-    p.add_argument(f"{flag_name(a.param)}s", dest=f"{a.param}s", type=_bounded(a.param, field.metadata["bounds"]),
-                   nargs="+", default=list(a.values))
+    p.add_argument(a.flag or f"{flag_name(a.param)}s", dest="ablation_values", nargs="+", metavar="V[,V...]",
+                   type=_listed(_bounded(a.param, field.metadata["bounds"])), default=[list(a.values)],
+                   help=f"{a.param} settings to compare (default {','.join(str(v) for v in a.values)})")
     p.set_defaults(seeds=a.seeds)
 
 
@@ -469,6 +527,8 @@ COMMANDS: dict[str, Command] = {
                           ("run", "train", "eval", "sweep")),
     "ablate": Command(cmd_ablate, "exercise {exercise}: train every {param} setting x seeds; compare",
                       ("run", "train", "eval", "sweep"), _ablate_extras),
+    "ablation": Command(cmd_ablate, "{exercise}: train every {param} setting x seeds; compare",
+                        ("run", "train", "eval", "sweep"), _ablate_extras),
     "sweep": Command(cmd_sweep, "grid over seeds x {algo} hyper-parameters (e.g. --grid {grid_example})",
                      ("run", "train", "eval", "sweep"), _sweep_extras),
     "compare": Command(cmd_compare, "this chapter's run beside the previous chapter's of the same seed: final metrics, "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fetchrl.algos.base import RUN_HYPERPARAMETERS, AlgoConfig, Algorithm, check_run_value, check_seed_span
+from fetchrl.algos.her import SAC_HER
 from fetchrl.algos.ppo import PPO, PPOConfig
 from fetchrl.algos.sac import SAC
 from fetchrl.errors import FetchRLError
@@ -32,7 +33,7 @@ ENV_THREADS_VAR = "FETCHRL_ENV_THREADS"
 HYPERPARAMETER_NAMES = PPO.resume_names
 
 #: Every algorithm fetchrl trains, by short name (``RunPaths.names.algo``, the meta JSON's ``algo``).
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PPO, SAC)}
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PPO, SAC, SAC_HER)}
 
 
 def algorithm_named(name: str) -> Algorithm:

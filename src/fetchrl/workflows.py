@@ -252,8 +252,9 @@ def _summarise(plan: SweepPlan, failed: dict[str, list[int]]) -> list[SettingSum
     for tag, overrides in plan.configs.items():
         root = plan.config_root(tag)
         agg = aggs[tag]
-        logdirs = [RunPaths(plan.base.env_id, s, root).tb_dir for s in agg.seeds]
-        settings.append(SettingSummary(tag, overrides, str(root), agg, _training_means(logdirs), failed[tag]))
+        logdirs = [RunPaths(plan.base.env_id, s, root, plan.names).tb_dir for s in agg.seeds]
+        training = _training_means(logdirs) if plan.base.algorithm.on_policy else {}
+        settings.append(SettingSummary(tag, overrides, str(root), agg, training, failed[tag]))
     return settings
 
 
@@ -296,36 +297,55 @@ def _print_settings(title: str, settings: list[SettingSummary]) -> None:
 
 
 def _run_grid(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
-              grid: dict[str, list[GridValue]], root: Path,
+              grid: dict[str, list[GridValue]], root: Path, names: ArtifactNames = DEFAULT_NAMES,
               **kw: Unpack[RunOptions]) -> tuple[SweepPlan, list[SettingSummary], bool]:
     from fetchrl.sweep.plan import grid_plan
 
-    plan = grid_plan(name, config, eval_config, seeds, grid, root)
+    plan = grid_plan(name, config, eval_config, seeds, grid, root, names)
     failed = _run_plan(plan, **kw)
     return plan, _summarise(plan, failed), any(failed.values())
 
 
-def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], clip_ranges: Sequence[float],
-           root: Path, **kw: Unpack[RunOptions]) -> int:
-    """Exercise 2.4: every clip_range x seeds; answers the exercise's three questions."""
+def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], values: Sequence[float],
+           root: Path, *, param: str = "clip_range", exercise: str = "2.4", flag: str = "--clip-ranges",
+           names: ArtifactNames = DEFAULT_NAMES, **kw: Unpack[RunOptions]) -> int:
+    """An ablation exercise: every ``param`` setting x seeds (exercise 2.4: clip_range; chapter 4's
+    experiment 3: n_sampled_goal); PPO's clip ablation answers the exercise's three questions."""
     from fetchrl.analysis.plots import plot_ablation
     from fetchrl.sweep.plan import check_distinct
 
-    check_distinct("--clip-ranges", clip_ranges)  # as sweep's --grid does: nothing is dropped silently
-    grid = {"clip_range": list(clip_ranges)}
-    plan, settings, any_failed = _run_grid("ablation_clip_range", config, eval_config, seeds, grid, root, **kw)
-    summary = SweepSummary(artifacts.now_iso(), "ablation_clip_range", config.env_id, list(seeds),
-                           config.total_steps, grid, settings, answer_ablation(settings))
-    out = artifacts.ablation_path("clip_range", root)
+    check_distinct(flag, values)  # as sweep's --grid does: nothing is dropped silently
+    grid: dict[str, list[GridValue]] = {param: list(values)}
+    name = f"ablation_{param}"
+    plan, settings, any_failed = _run_grid(name, config, eval_config, seeds, grid, root, names=names, **kw)
+    answers = answer_ablation(settings) if param == "clip_range" else answer_generic(param, settings)
+    summary = SweepSummary(artifacts.now_iso(), name, config.env_id, list(seeds),
+                           config.total_steps, grid, settings, answers)
+    out = artifacts.ablation_path(param, root, names)
     summary.to_json(out)
-    _print_settings("Exercise 2.4 — clip_range ablation", settings)
+    exercise_title = f"Exercise {exercise}" if exercise[:1].isdigit() else exercise.capitalize()
+    _print_settings(f"{exercise_title} — {param} ablation", settings)
     for question, answer in summary.answers.items():
         console.print(f"[bold]{question}[/]: {answer}")
-    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]
+    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root), names).tb_dir for seed in s.aggregate.seeds]
               for s in settings}
-    png = _plot_or_none(plot_ablation, groups, artifacts.ablation_plot_path("clip_range", root))
+    png = _plot_or_none(plot_ablation, groups, artifacts.ablation_plot_path(param, root, names))
     print_outputs({"ablation": out, "plot": png})
     return 1 if any_failed else 0
+
+
+def answer_generic(param: str, settings: list[SettingSummary]) -> dict[str, str]:
+    """Does ``param`` change the final success rate beyond the seeds' noise? Answered from the numbers."""
+    aggs = [s.aggregate for s in settings]
+    succ = [a.aggregate["success_rate_mean"] for a in aggs]
+    spread = max(succ) - min(succ)
+    noise = max((a.aggregate["success_rate_std"] for a in aggs), default=0.0)
+    measured = all(len(a.seeds) > 1 for a in aggs)
+    noise_text = f"{noise:.1%}" if measured else f"{NOT_MEASURED}, one seed"
+    perf = ", ".join(f"{s.tag}: {v:.1%}" for s, v in zip(settings, succ, strict=True))
+    changes = spread > max(2 * noise, 0.05)
+    return {"final_performance": f"{'yes' if changes else 'no clear change'} — success rate {perf} "
+                                 f"(spread {spread:.1%} vs seed noise {noise_text})"}
 
 
 def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],

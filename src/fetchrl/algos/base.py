@@ -168,13 +168,34 @@ def _float_or_none(text: str) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A hyper-parameter that is one of a few words (HER's ``goal_selection_strategy``: future, final,
+    episode). Used like :class:`Bounds`: it validates the dataclass and types the CLI flag."""
+
+    values: tuple[str, ...]
+
+    def contains(self, value: object) -> bool:
+        return isinstance(value, str) and value in self.values
+
+    def describe(self) -> str:
+        """What follows "must be"."""
+        return "one of " + ", ".join(self.values)
+
+    def parse(self, text: str) -> str:
+        if not self.contains(text):
+            raise ValueError(f"expected {self.describe()}, got {text[:40]!r}")
+        return text
+
+
 #: What a hyper-parameter field may declare as its accepted values.
-ValueSpec = Bounds | AutoOrPositive
+ValueSpec = Bounds | AutoOrPositive | Choice
 
 
-def hyperparameter(default: T, bounds: ValueSpec) -> T:
-    """A dataclass field that is a tunable hyper-parameter: a CLI flag, a sweep-grid name, validated."""
-    return field(default=default, metadata={"bounds": bounds})
+def hyperparameter(default: T, bounds: ValueSpec, *, sb3: bool = True) -> T:
+    """A dataclass field that is a tunable hyper-parameter: a CLI flag, a sweep-grid name, validated.
+    ``sb3=False``: fetchrl's own setting (applied by a callback or a buffer), not an SB3 keyword."""
+    return field(default=default, metadata={"bounds": bounds, "sb3": sb3})
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -228,6 +249,9 @@ class AlgoConfig:
         """Keyword arguments for the SB3 class (``policy`` is its first positional argument)."""
         kwargs = self.hyperparameters
         del kwargs["policy"]
+        for f in dataclasses.fields(self):
+            if not f.metadata.get("sb3", True):
+                del kwargs[f.name]
         return kwargs
 
     @classmethod

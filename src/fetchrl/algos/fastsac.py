@@ -169,6 +169,11 @@ class FlatDictReplayBuffer(DictReplayBuffer):
             self.full = True
             self.pos = 0
 
+    def replace_next_obs(self, pos: int, env_idx: int, obs: dict[str, np.ndarray]) -> None:
+        """Overwrite the stored next observation of one transition (a finished episode's terminal one)."""
+        for key, cols in self.columns.items():
+            self.next_obs[pos, env_idx, cols] = obs[key]
+
     def indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """SB3's two draws from NumPy's global generator: (rows [B], env columns [B])."""
         batch_inds = np.random.randint(0, self.buffer_size if self.full else self.pos, size=batch_size)
@@ -421,16 +426,26 @@ class FastSAC(SAC):
         """SB3's set-up, with :class:`FlatDictReplayBuffer` where SB3 would pick ``DictReplayBuffer``
         for a Dict of 1-D float Boxes without VecNormalize. ``replay_buffer_class`` stays None as
         the caller left it, so the saved model says what SB3's says."""
-        flat = (self.replay_buffer_class is None and self.replay_buffer is None and self.n_steps == 1
+        from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
+
+        from fetchrl.algos.fasther import FlatHerReplayBuffer
+
+        asked = self.replay_buffer_class
+        her = asked is HerReplayBuffer and not (self.replay_buffer_kwargs or {}).get("copy_info_dict", False)
+        flat = ((asked is None or her) and self.replay_buffer is None and self.n_steps == 1
                 and not self.optimize_memory_usage and self._vec_normalize_env is None
                 and flat_obs_keys(self.observation_space) is not None)
         if flat:
-            self.replay_buffer_class = FlatDictReplayBuffer
+            self.replay_buffer_class = FlatHerReplayBuffer if her else FlatDictReplayBuffer
         try:
             super()._setup_model()
         finally:
-            if flat:
-                self.replay_buffer_class = None
+            self.replay_buffer_class = asked
+        if flat and her and self._lean() is None:  # SB3's update samples per-key float64: give it SB3's buffer
+            self.replay_buffer = HerReplayBuffer(self.buffer_size, self.observation_space, self.action_space,  # type: ignore[arg-type]
+                                                 device=self.device, n_envs=self.n_envs,
+                                                 optimize_memory_usage=self.optimize_memory_usage,
+                                                 env=self.env, **self.replay_buffer_kwargs)  # type: ignore[arg-type]
 
     def _lean(self) -> LeanSAC | None:
         """The lean view of the current policy (rebuilt when the policy object changes), or None
@@ -524,8 +539,7 @@ class FastSAC(SAC):
         for i, done in enumerate(dones):
             terminal = infos[i].get("terminal_observation") if done else None
             if terminal is not None:
-                for key, cols in buf.columns.items():
-                    buf.next_obs[pos, i, cols] = terminal[key]
+                buf.replace_next_obs(pos, i, terminal)
         self._last_original_obs = self._last_obs
         self._last_obs = new_obs
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fetchrl import metrics
 from fetchrl.algos.base import (
+    NON_NEGATIVE,
     NON_NEGATIVE_INT,
     POSITIVE,
     POSITIVE_INT,
@@ -55,6 +56,9 @@ class SACConfig(AlgoConfig):
     """Polyak coefficient of the target critics: target <- (1 - tau) * target + tau * critic."""
     ent_coef: str | float = hyperparameter("auto", AutoOrPositive())
     """Entropy coefficient alpha: 'auto' (learned from 1), 'auto_<x>' (learned from x) or a fixed number."""
+    ent_coef_min: float = hyperparameter(0.0, NON_NEGATIVE, sb3=False)
+    """Floor of a learned ent_coef (0: none). Not SB3's: fetchrl clamps log(alpha) after every update, so a
+    run cannot collapse its exploration below it (chapter 4: sparse Push with 'auto' fell to 0.005)."""
     train_freq: int = hyperparameter(1, POSITIVE_INT)
     """Vector-env steps between two updates (each step adds n_envs transitions)."""
     gradient_steps: int = hyperparameter(1, POSITIVE_INT)
@@ -63,6 +67,15 @@ class SACConfig(AlgoConfig):
     def rollout_size(self, n_envs: int) -> int:
         """Transitions collected between two updates: train_freq * n_envs (8 with the chapter's settings)."""
         return self.train_freq * n_envs
+
+    def validate(self) -> None:
+        super().validate()
+        if self.ent_coef_min > 0 and not str(self.ent_coef).startswith("auto"):
+            raise FetchRLError(f"--ent-coef-min {self.ent_coef_min:g} floors a learned coefficient; --ent-coef "
+                               f"{self.ent_coef} is fixed (use --ent-coef auto, or drop --ent-coef-min)")
+        initial = self.ent_coef[5:] if isinstance(self.ent_coef, str) and self.ent_coef.startswith("auto_") else None
+        if initial is not None and float(initial) < self.ent_coef_min:
+            raise FetchRLError(f"--ent-coef {self.ent_coef} starts below --ent-coef-min {self.ent_coef_min:g}")
 
     def check_run(self, n_envs: int) -> None:
         """A batch must fit in the buffer (SB3 would sample the same transitions again and again)."""

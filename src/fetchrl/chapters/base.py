@@ -8,8 +8,9 @@ module here and a three-line script.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fetchrl.algos.base import Algorithm
 from fetchrl.artifacts import ArtifactNames, RunPaths
@@ -31,6 +32,8 @@ class Ablation:
     """The settings compared by default."""
     seeds: int = 1
     """Seeds per setting by default."""
+    flag: str | None = None
+    """The CLI flag listing the settings (default: the parameter's flag plus "s": ``--clip-ranges``)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ class Chapter:
     """The hyper-parameter exercise behind the ``ablate`` command, if the chapter has one."""
     compare_with: Chapter | None = None
     """The earlier chapter whose run of the same seed ``compare`` sets beside this chapter's (ch03: ch02)."""
+    control: Chapter | None = None
+    """The control arm, run when the chapter's ``--her`` switch is off (ch04: SAC with a plain replay
+    buffer, same numbers otherwise); ``compare`` sets the two arms side by side over seeds."""
+    env_criteria: dict[str, tuple[Criterion, ...]] = field(default_factory=dict, hash=False)
+    """Criteria of a task that has its own (ch04: FetchPush-v4 adds a final-distance bound); others: ``criteria``."""
+    env_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False)
+    """Defaults of a task that has its own (ch04: FetchPush-v4 trains 2M steps with ent_coef 0.05)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.defaults.algo, self.algorithm.config_class):
@@ -82,9 +92,26 @@ class Chapter:
 
     @property
     def artifacts(self) -> ArtifactNames:
-        """The chapter's names in the artifact layout (``fetchrl.artifacts``)."""
-        return ArtifactNames(chapter=self.id, algo=self.algorithm.name, multi_seed=self.multi_seed_name)
+        """The chapter's names in the artifact layout (``fetchrl.artifacts``) for its default task."""
+        return self.names_for(self.defaults.env_id)
+
+    def names_for(self, env_id: str) -> ArtifactNames:
+        """The chapter's names for runs on ``env_id`` (a ``{env}`` in ``multi_seed_name`` becomes its lower-case id)."""
+        return ArtifactNames(chapter=self.id, algo=self.algorithm.name,
+                             multi_seed=self.multi_seed_name.format(env=env_id.lower()))
 
     def paths(self, env_id: str, seed: int, root: Path = Path(".")) -> RunPaths:
         """Where one run of this chapter keeps its artifacts."""
-        return RunPaths(env_id, seed, root, self.artifacts)
+        return RunPaths(env_id, seed, root, self.names_for(env_id))
+
+    def criteria_for(self, env_id: str) -> tuple[Criterion, ...]:
+        """The criteria a run on ``env_id`` must pass."""
+        return self.env_criteria.get(env_id, self.criteria)
+
+    def defaults_for(self, env_id: str) -> TrainConfig:
+        """The chapter's default run on ``env_id`` (its task's own defaults applied)."""
+        return self.defaults.replace(env_id=env_id, **self.env_overrides.get(env_id, {}))
+
+    def arm(self, treatment: bool) -> Chapter:
+        """This chapter (``treatment``) or its control arm; a chapter without one is its own."""
+        return self if treatment or self.control is None else self.control

@@ -28,7 +28,7 @@ from fetchrl.config import TrainConfig, algorithm_named
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline import resume
 from fetchrl.pipeline.resume import META_MEMBER, STATE_MEMBER, ResumeState, Snapshot
-from fetchrl.pipeline.setup import model_class
+from fetchrl.pipeline.setup import attach_goal_reward, model_class
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
@@ -297,7 +297,9 @@ def resume_model(plan: ResumePlan, config: TrainConfig, runtime: Runtime, env: A
                                  (env.observation_space, env.action_space), env=env, device=config.device,
                                  force_reset=not env_restored, **config.sb3_kwargs())
     if plan.replay_buffer is not None:
-        model.load_replay_buffer(io.BytesIO(plan.replay_buffer))
+        # the episodes in flight go on (their envs are restored): HER must not close them as finished
+        model.load_replay_buffer(io.BytesIO(plan.replay_buffer), truncate_last_traj=not env_restored)
+        attach_goal_reward(model, runtime)
     if state is not None:
         resume.restore_sb3(model, state.sb3, with_env=env_restored)
     return Resumed(model, state, inexact)

@@ -19,6 +19,7 @@ from fetchrl.algos.base import Algorithm
 from fetchrl.algos.ppo import PPO
 from fetchrl.config import TrainConfig
 from fetchrl.runtime import Runtime
+from fetchrl.tasks import envs
 
 
 def runtime_for(config: TrainConfig) -> Runtime:
@@ -36,8 +37,19 @@ def model_class(runtime: Runtime, algorithm: Algorithm = PPO) -> type[BaseAlgori
 def new_model(config: TrainConfig, runtime: Runtime, env: Any) -> Any:
     """A fresh model of :func:`model_class` with ``config``'s algorithm and hyper-parameters, on ``env``
     (``runtime``'s VecEnv)."""
-    return model_class(runtime, config.algorithm)(config.policy, env, seed=config.seed, device=config.device,
-                                                  verbose=0, **config.sb3_kwargs())
+    model = model_class(runtime, config.algorithm)(config.policy, env, seed=config.seed, device=config.device,
+                                                   verbose=0, **config.sb3_kwargs())
+    attach_goal_reward(model, runtime)
+    return model
+
+
+def attach_goal_reward(model: Any, runtime: Runtime) -> None:
+    """Give a HER buffer that can use it (:class:`~fetchrl.algos.fasther.FlatHerReplayBuffer`) the task's
+    ``compute_reward`` in this process, so relabeling does not ask the env worker for every batch.
+    Nothing for any other buffer."""
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is not None and hasattr(buffer, "compute_reward_fn"):
+        buffer.compute_reward_fn = envs.local_compute_reward(runtime)
 
 
 @contextlib.contextmanager

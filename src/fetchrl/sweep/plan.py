@@ -111,14 +111,15 @@ class SweepPlan:
 
 
 def grid_plan(name: str, base: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
-              grid: Mapping[str, Sequence[GridValue]], root: Path = Path(".")) -> SweepPlan:
+              grid: Mapping[str, Sequence[GridValue]], root: Path = Path("."),
+              names: ArtifactNames = DEFAULT_NAMES) -> SweepPlan:
     """Every combination of the grid's values as one configuration (``{}`` -> the base alone)."""
-    names = list(grid)
-    for n in names:  # parse_grid and the ablation's flag check this first, naming the flag
+    params = list(grid)
+    for n in params:  # parse_grid and the ablation's flag check this first, naming the flag
         check_distinct(n, grid[n])
     configs = {}
-    for combo in itertools.product(*(grid[n] for n in names)):
-        overrides = dict(zip(names, combo, strict=True))
+    for combo in itertools.product(*(grid[n] for n in params)):
+        overrides = dict(zip(params, combo, strict=True))
         base.replace(**overrides)  # validate every configuration before anything runs
         configs[config_tag(overrides)] = overrides
-    return SweepPlan(name, base, eval_config, list(seeds), configs or {"default": {}}, root)
+    return SweepPlan(name, base, eval_config, list(seeds), configs or {"default": {}}, root, names)

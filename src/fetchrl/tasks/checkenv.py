@@ -12,7 +12,22 @@ from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
 
 EXPECTED_OBS_SHAPES = {"observation": (10,), "achieved_goal": (3,), "desired_goal": (3,)}
+"""Reach's (chapters 2-4); a task with an object observes more: :data:`OBSERVATION_WIDTH`."""
+#: Width of the ``observation`` vector per Fetch task family: Reach 10 (gripper), Push/Slide/PickAndPlace 25
+#: (gripper, object position, rotation and velocities).
+OBSERVATION_WIDTH = {"FetchReach": 10, "FetchPush": 25, "FetchSlide": 25, "FetchPickAndPlace": 25}
 EXPECTED_ACTION_SHAPE = (4,)
+
+
+def expected_obs_shapes(env_id: str) -> dict[str, tuple[int, ...]]:
+    """The observation keys and shapes of a Fetch task (Reach's for an id outside the family)."""
+    family = env_id.split("-")[0].removesuffix("Dense")
+    return {**EXPECTED_OBS_SHAPES, "observation": (OBSERVATION_WIDTH.get(family, 10),)}
+
+
+def sparse(env_id: str) -> bool:
+    """True for a sparse-reward Fetch task (reward -1 or 0 at every step): ``FetchReach-v4``, ``FetchPush-v4``."""
+    return env_id.startswith("Fetch") and "Dense" not in env_id
 
 
 @dataclass(frozen=True)
@@ -31,8 +46,9 @@ def run_checks(runtime: Runtime, *, n_steps: int = 100, seed: int = 0) -> list[C
         env.action_space.seed(seed)
         shapes = {k: tuple(v.shape) for k, v in obs.items()} if isinstance(obs, dict) else {"obs": np.shape(obs)}
         space = env.action_space
+        expected = expected_obs_shapes(runtime.env_id)
         checks = [
-            Check("observation shapes", shapes == EXPECTED_OBS_SHAPES, f"{shapes} (expected {EXPECTED_OBS_SHAPES})"),
+            Check("observation shapes", shapes == expected, f"{shapes} (expected {expected})"),
             *_action_checks(space),
         ]
         rewards = []
@@ -42,8 +58,13 @@ def run_checks(runtime: Runtime, *, n_steps: int = 100, seed: int = 0) -> list[C
             if term or trunc:
                 env.reset()
         lo, hi = min(rewards), max(rewards)
-        checks.append(Check(f"reward range ({n_steps} random steps)", -1.0 <= lo and hi <= 0.0,
-                            f"[{lo:.3f}, {hi:.3f}] (expected inside [-1, 0])"))
+        if sparse(runtime.env_id):
+            values = sorted(set(rewards))
+            checks.append(Check(f"sparse rewards ({n_steps} random steps)", set(values) <= {-1.0, 0.0},
+                                f"{values} (expected only -1 and 0)"))
+        else:
+            checks.append(Check(f"reward range ({n_steps} random steps)", -1.0 <= lo and hi <= 0.0,
+                                f"[{lo:.3f}, {hi:.3f}] (expected inside [-1, 0])"))
         return checks
     finally:
         env.close()

@@ -16,7 +16,7 @@ import difflib
 import io
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fetchrl.errors import FetchRLError
@@ -163,3 +163,18 @@ def goal_distance(obs: Mapping[str, npt.ArrayLike]) -> float:
     import numpy as np
 
     return float(np.linalg.norm(np.asarray(obs["achieved_goal"]) - np.asarray(obs["desired_goal"])))
+
+
+_REWARD_ENVS: dict[tuple[str, bool], Any] = {}
+
+
+def local_compute_reward(runtime: Runtime) -> Callable[[Any, Any, Any], Any]:
+    """The task's ``compute_reward(achieved_goal, desired_goal, info)``, bound to one env built in this
+    process (kept for the process's life): what HER calls to reward a relabeled transition. The same
+    class and code as the training envs' own method, so the rewards are the same numbers."""
+    key = (runtime.env_id, runtime.fast)
+    env = _REWARD_ENVS.get(key)
+    if env is None:
+        env = _REWARD_ENVS[key] = make_env(runtime).unwrapped
+    fn: Callable[[Any, Any, Any], Any] = env.compute_reward  # type: ignore[union-attr]
+    return fn
