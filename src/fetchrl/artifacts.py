@@ -57,11 +57,17 @@ class ArtifactNames:
     """The algorithm's short name: checkpoint prefix and ``runs/<algo>/``: ``"ppo"``."""
     multi_seed: str
     """Stem of the multi-seed aggregate's JSON and PNG: ``"ch02_ppo_reachdense"``."""
+    title: str = ""
+    """How reports name the run's algorithm (arm): ``"SAC + HER"``, ``"SAC without HER (control arm)"``
+    (empty: ``algo`` in capitals, ``"PPO"``)."""
+    html_per_run: bool = False
+    """The HTML report is named like the run's other results (``ch04_sac_her_fetchpush-v4_seed0_report.html``):
+    a chapter with two arms or several tasks, whose runs of one seed would share ``ch04_report_seed0.html``."""
 
 
 #: Chapter 2's names: the default of code that does not say which chapter it runs (it predates
 #: chapters). ``fetchrl.chapters.ch02`` spells the same names out; tests/test_chapters.py pins both.
-DEFAULT_NAMES = ArtifactNames(chapter="ch02", algo=ALGO, multi_seed="ch02_ppo_reachdense")
+DEFAULT_NAMES = ArtifactNames(chapter="ch02", algo=ALGO, multi_seed="ch02_ppo_reachdense", title="PPO")
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,8 @@ class RunPaths:
 
     @property
     def html_report(self) -> Path:
+        if self.names.html_per_run:
+            return self.root / "results" / f"{self._result_stem}_report.html"
         return self.root / "results" / f"{self.names.chapter}_report_seed{self.seed}.html"
 
     @property

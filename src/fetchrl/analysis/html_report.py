@@ -1,4 +1,5 @@
-"""``results/ch02_report_seedN.html``: the whole run on one self-contained page.
+"""``results/ch02_report_seedN.html`` (ch04: ``results/ch04_sac_her_fetchpush-v4_seed0_report.html``, one per
+arm and task): the whole run on one self-contained page.
 
 The page reads artifacts only (eval results, metadata, diagnosis, the curves PNG, the GIF) and
 embeds everything: inline CSS, images as base64 ``data:`` URIs, no script, font or link to fetch,
@@ -154,8 +155,9 @@ def _seed_range(result: EvalResult) -> str:
 
 def _header(paths: RunPaths, result: EvalResult, criteria: Sequence[Criterion]) -> str:
     verdict = "PASS" if overall_pass(check_criteria(result, criteria)) else "FAIL"
+    chapter, arm = chapter_heading(paths.names)
     return (
-        f"<h1>{esc(chapter_heading(paths.names)[0])} report: {esc(result.algo.upper())} on {esc(result.env_id)}, seed {esc(paths.seed)} "
+        f"<h1>{esc(chapter)} report: {esc(arm)} on {esc(result.env_id)}, seed {esc(paths.seed)} "
         f"<span class=\"badge {verdict.lower()}\">{verdict}</span></h1>"
         f"<p class=\"sub\">Checkpoint <code>{esc(result.checkpoint)}</code> — {esc(result.n_episodes)} "
         f"{'deterministic' if result.deterministic else 'stochastic'} episodes "
@@ -286,7 +288,8 @@ def render_html(paths: RunPaths, *, result: EvalResult, baselines: list[EvalResu
                 criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> str:
     """The page as a string (see :func:`write_html_report`)."""
     ok = overall_pass(check_criteria(result, criteria))
-    title = (f"{chapter_heading(paths.names)[0]} report — {result.env_id} seed {paths.seed}: "
+    chapter, arm = chapter_heading(paths.names)
+    title = (f"{chapter} report — {arm} on {result.env_id} seed {paths.seed}: "
              f"{'PASS' if ok else 'FAIL'}")
     body = [
         _header(paths, result, criteria),

@@ -1,5 +1,9 @@
 """A video of the trained policy, with the live distance to the goal drawn on every frame.
 
+The distance is ||achieved_goal - desired_goal||, and the overlay says what that is on the task: the
+gripper's distance to the goal on Reach ("gripper-to-goal"), the object's on Push ("object-to-goal":
+its ``achieved_goal`` is the object's position), as :func:`fetchrl.tasks.envs.goal_distance_name` names it.
+
 The episodes follow the evaluation protocol (:mod:`fetchrl.pipeline.evaluate`): the policy's mean action
 (``deterministic=True``) and reset seeds from :class:`~fetchrl.config.EvalConfig`'s documented list,
 so the video shows the first evaluation episodes. Fetch never terminates: every episode is
@@ -17,7 +21,7 @@ import gc
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -80,6 +84,13 @@ class FrameLabel:
     """``info["is_success"]`` of the step that produced the frame (False on the reset frame)."""
     threshold_m: float = _DEFAULT_THRESHOLD_M
     """The env's success radius, metres."""
+    measured: str = "gripper-to-goal"
+    """What ``distance_m`` is (:func:`fetchrl.tasks.envs.goal_distance_name`): ``"object-to-goal"`` on Push."""
+
+    @property
+    def distance_caption(self) -> str:
+        """The line above the number: ``"object-to-goal distance"``."""
+        return f"{self.measured} distance"
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,14 +115,15 @@ class _Layout:
 
 
 @functools.lru_cache(maxsize=8)
-def _layout(frame_width: int, height: int, episodes: int, max_steps: int, threshold_mm: int) -> _Layout:
+def _layout(frame_width: int, height: int, episodes: int, max_steps: int, threshold_mm: int,
+            caption: str) -> _Layout:
     scale = height / 360
     small, big = _font(max(8, round(14 * scale))), _font(max(10, round(26 * scale)))
     pad = max(3, round(8 * scale))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     widest = [
         (f"episode {episodes}/{episodes}    step {max_steps}/{max_steps}", small),
-        ("distance to goal", small),
+        (caption, small),
         ("8888.8 mm", big),
         ("SUCCESS", big),
         (f"success when < {threshold_mm} mm", small),
@@ -125,14 +137,15 @@ def _layout(frame_width: int, height: int, episodes: int, max_steps: int, thresh
 
 
 def draw_overlay(frame: np.ndarray, label: FrameLabel) -> np.ndarray:
-    """Draw the episode/step counter, the distance in mm and the success flag in the top-right corner.
+    """Draw the episode/step counter, the distance in mm (captioned with what it measures: gripper- or
+    object-to-goal) and the success flag in the top-right corner.
 
     frame: [H, W, 3] uint8 -> a new [H, W, 3] uint8 array (the input is not modified). Only the
     panel's pixels are blended, which keeps this to a few milliseconds per frame.
     """
     img = Image.fromarray(np.array(frame, dtype=np.uint8, copy=True))
     threshold_mm = round(label.threshold_m * 1000)
-    lay = _layout(img.width, img.height, label.episodes, label.max_steps, threshold_mm)
+    lay = _layout(img.width, img.height, label.episodes, label.max_steps, threshold_mm, label.distance_caption)
     if label.success:
         status = ("SUCCESS", lay.big, _GREEN)
     else:
@@ -140,7 +153,7 @@ def draw_overlay(frame: np.ndarray, label: FrameLabel) -> np.ndarray:
     counter = f"episode {label.episode}/{label.episodes}    step {label.step}/{label.max_steps}"
     lines = [
         (counter, lay.small, _WHITE),
-        ("distance to goal", lay.small, _GREY),
+        (label.distance_caption, lay.small, _GREY),
         (f"{label.distance_m * 1000:.1f} mm", lay.big, _WHITE),
         status,
     ]
@@ -226,9 +239,13 @@ class Clip:
     """[height, width, 3] uint8 each, overlay drawn."""
     durations_ms: list[int]
     """Display time of each frame, milliseconds."""
+    labels: list[FrameLabel] = field(default_factory=list)
+    """What each frame's overlay says (its distance, and what that distance measures)."""
 
 
-def _record_episodes(env: gym.Env, model: BaseAlgorithm, seeds: list[int], *, fps: int, width: int, height: int) -> Clip:
+def _record_episodes(env: gym.Env, model: BaseAlgorithm, seeds: list[int], *, fps: int, width: int, height: int,
+                     measured: str = "gripper-to-goal") -> Clip:
+    """Render the episodes; ``measured`` captions the distance (:attr:`FrameLabel.measured`)."""
     from fetchrl.pipeline.evaluate import SB3Policy
 
     policy = SB3Policy(model, deterministic=True)
@@ -241,8 +258,9 @@ def _record_episodes(env: gym.Env, model: BaseAlgorithm, seeds: list[int], *, fp
         policy.reset([seed])
         success, step, done = False, 0, False  # success: info["is_success"] of the latest step
         while True:
-            label = FrameLabel(k, len(seeds), step, max_steps, envs.goal_distance(obs), success, threshold)
+            label = FrameLabel(k, len(seeds), step, max_steps, envs.goal_distance(obs), success, threshold, measured)
             clip.frames.append(draw_overlay(_fit(cast(np.ndarray, env.render()), width, height), label))
+            clip.labels.append(label)
             clip.durations_ms.append(HOLD_LAST_FRAME_MS if done else frame_ms)
             if done:
                 break
@@ -327,9 +345,29 @@ def _check_args(episodes: int, fps: int, width: int, height: int, seed_offset: i
         raise FetchRLError(f"video seed offset must be >= 0, got {seed_offset}")
 
 
+def record_clip(paths: RunPaths, runtime: Runtime, *, episodes: int = 5, device: str = "cpu", fps: int = 25,
+                width: int = 480, height: int = 360, seed_offset: int | None = None) -> Clip:
+    """The frames :func:`record_video` writes, with their overlays' labels; nothing is written (same arguments)."""
+    from fetchrl.pipeline.checkpoints import load_model
+
+    _check_args(episodes, fps, width, height, seed_offset)
+    offset = EvalConfig().seed_offset if seed_offset is None else seed_offset
+    seeds = EvalConfig(n_episodes=episodes, seed_offset=offset).episode_seeds
+    envs.ensure_render_backend()
+    envs.import_mujoco()
+    model = load_model(paths, runtime, device=device)
+    env, _ = _open_env(runtime, width, height)
+    try:
+        return _record_episodes(env, model, seeds, fps=fps, width=width, height=height,
+                                measured=envs.goal_distance_name(runtime.env_id))
+    finally:
+        env.close()
+
+
 def record_video(paths: RunPaths, runtime: Runtime, *, episodes: int = 5, device: str = "cpu", fps: int = 25,
                  width: int = 480, height: int = 360, seed_offset: int | None = None) -> list[Path]:
-    """Render ``episodes`` deterministic episodes of the checkpoint at ``paths`` with a distance overlay.
+    """Render ``episodes`` deterministic episodes of the checkpoint at ``paths`` with a distance overlay
+    (gripper-to-goal on Reach, object-to-goal on Push), written atomically.
 
     Args:
         paths: the run; reads ``paths.checkpoint``, writes ``paths.video_gif`` (and ``paths.video_mp4``).
@@ -346,19 +384,8 @@ def record_video(paths: RunPaths, runtime: Runtime, *, episodes: int = 5, device
     Raises:
         FetchRLError: missing/corrupt checkpoint, bad argument, or offscreen rendering impossible.
     """
-    from fetchrl.pipeline.checkpoints import load_model
-
-    _check_args(episodes, fps, width, height, seed_offset)
-    offset = EvalConfig().seed_offset if seed_offset is None else seed_offset
-    seeds = EvalConfig(n_episodes=episodes, seed_offset=offset).episode_seeds
-    envs.ensure_render_backend()
-    envs.import_mujoco()
-    model = load_model(paths, runtime, device=device)
-    env, _ = _open_env(runtime, width, height)
-    try:
-        clip = _record_episodes(env, model, seeds, fps=fps, width=width, height=height)
-    finally:
-        env.close()
+    clip = record_clip(paths, runtime, episodes=episodes, device=device, fps=fps, width=width, height=height,
+                       seed_offset=seed_offset)
     out = [write_gif(paths.video_gif, clip.frames, clip.durations_ms)]
     if write_mp4(paths.video_mp4, clip.frames, clip.durations_ms, fps):
         out.append(paths.video_mp4)

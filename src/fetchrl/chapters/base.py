@@ -72,6 +72,9 @@ class Chapter:
     """Criteria of a task that has its own (ch04: FetchPush-v4 adds a final-distance bound); others: ``criteria``."""
     env_overrides: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False)
     """Defaults of a task that has its own (ch04: FetchPush-v4 trains 2M steps with ent_coef 0.05)."""
+    arm_title: str = ""
+    """How reports name this chapter's runs (default the algorithm's title; ch04's control arm:
+    ``"SAC without HER (control arm)"``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.defaults.algo, self.algorithm.config_class):
@@ -98,7 +101,9 @@ class Chapter:
     def names_for(self, env_id: str) -> ArtifactNames:
         """The chapter's names for runs on ``env_id`` (a ``{env}`` in ``multi_seed_name`` becomes its lower-case id)."""
         return ArtifactNames(chapter=self.id, algo=self.algorithm.name,
-                             multi_seed=self.multi_seed_name.format(env=env_id.lower()))
+                             multi_seed=self.multi_seed_name.format(env=env_id.lower()),
+                             title=self.arm_title or self.algorithm.title,
+                             html_per_run=self.control is not None or bool(self.env_overrides or self.env_criteria))
 
     def paths(self, env_id: str, seed: int, root: Path = Path(".")) -> RunPaths:
         """Where one run of this chapter keeps its artifacts."""

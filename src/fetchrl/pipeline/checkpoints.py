@@ -182,8 +182,12 @@ def load_model(paths: RunPaths, runtime: Runtime, *, device: str = "cpu", checkp
     if runtime.env_id != paths.env_id:
         raise ValueError(f"runtime for {runtime.env_id} given for a run of {paths.env_id}")
     checkpoint = checkpoint or Checkpoint.read(paths)
-    return checkpoint.load(model_class(runtime, algorithm_named(paths.names.algo)), runtime.env_id,
-                           _spaces(runtime), device=device)
+    algorithm = algorithm_named(paths.names.algo)
+    # Acting needs no replay buffer, and SB3 builds a HerReplayBuffer only around an env (it asserts
+    # one): an off-policy model is loaded to act with a plain buffer instead (ch04's --her arm).
+    overrides: dict[str, Any] = {} if algorithm.on_policy else {"replay_buffer_class": None, "replay_buffer_kwargs": {}}
+    return checkpoint.load(model_class(runtime, algorithm), runtime.env_id, _spaces(runtime), device=device,
+                           **overrides)
 
 
 # ============================================================================ resuming

@@ -58,9 +58,10 @@ BASELINE_NOTE = baseline_note()
 
 
 def chapter_heading(names: ArtifactNames) -> tuple[str, str]:
-    """``("Chapter 3", "SAC")`` for chapter 3's names: how the report titles name the chapter and algorithm."""
+    """``("Chapter 3", "SAC")`` for chapter 3's names: how the report titles name the chapter and algorithm
+    (ch04: ``"SAC + HER"`` or ``"SAC without HER (control arm)"``)."""
     number = names.chapter.removeprefix("ch").lstrip("0")
-    return (f"Chapter {number}" if number.isdigit() else names.chapter), names.algo.upper()
+    return (f"Chapter {number}" if number.isdigit() else names.chapter), names.title or names.algo.upper()
 
 
 def check_criteria(result: EvalResult, criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> list[CriterionResult]:

@@ -165,6 +165,22 @@ def goal_distance(obs: Mapping[str, npt.ArrayLike]) -> float:
     return float(np.linalg.norm(np.asarray(obs["achieved_goal"]) - np.asarray(obs["desired_goal"])))
 
 
+#: Fetch task families whose goal is an object's position: their ``achieved_goal`` is the object's, not the gripper's.
+OBJECT_TASKS = ("FetchPush", "FetchSlide", "FetchPickAndPlace")
+
+
+def has_object(env_id: str) -> bool:
+    """True for a Fetch task with an object to move (``FetchPush-v4``): :func:`goal_distance` is then the
+    object's distance to the goal."""
+    return env_id.split("-")[0].removesuffix("Dense") in OBJECT_TASKS
+
+
+def goal_distance_name(env_id: str) -> str:
+    """What :func:`goal_distance` measures on ``env_id``: ``"object-to-goal"`` (Push: achieved_goal is the
+    object's position) or ``"gripper-to-goal"`` (Reach: the gripper's)."""
+    return "object-to-goal" if has_object(env_id) else "gripper-to-goal"
+
+
 _REWARD_ENVS: dict[tuple[str, bool], Any] = {}
 
 
