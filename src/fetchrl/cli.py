@@ -308,6 +308,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from fetchrl.workflows import ablate
 
     chapter = _chapter(args)
+    treatment: Chapter = args.chapter
+    if chapter.ablation is None and treatment.ablation is not None:  # ch04: n_sampled_goal is HER's
+        raise FetchRLError(f"ablation varies {treatment.ablation.param}, a setting of the --her arm; add --her")
     assert chapter.ablation is not None  # the command exists only for a chapter with an ablation
     values = [v for group in args.ablation_values for v in group]
     return ablate(_train_config(args), _eval_config(args), list(range(args.seeds)), values, args.root,
