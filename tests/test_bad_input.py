@@ -400,3 +400,89 @@ def test_bad_input_in_a_real_process(case_id: str, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     _check(case, proc.returncode, proc.stderr, before, tmp_path)
+
+
+# ============================================================================ chapter 4 (and chapter 3's SAC flags)
+CH04_SCRIPT = SCRIPT.parent / "ch04_her_sparse_reach_push.py"
+#: Refused on the --her arm's (and the control arm's) own settings, before any env is stepped or file written.
+CH04_CASES = [
+    Case("ch04-n-sampled-goal-without-her", ("train", "--n-sampled-goal", "8"),
+         r"^error: --n-sampled-goal is a setting of the --her arm; add --her or drop it$"),
+    Case("ch04-goal-selection-strategy-without-her", ("train", "--goal-selection-strategy", "final"),
+         r"^error: --goal-selection-strategy is a setting of the --her arm"),
+    Case("ch04-goal-selection-strategy=bogus", ("train", "--her", "--goal-selection-strategy", "bogus"),
+         r"argument --goal-selection-strategy: expected one of future, final, episode, got 'bogus'"),
+    Case("ch04-ent-coef-min-with-a-fixed-ent-coef", ("train", "--her", "--ent-coef-min", "0.01", "--ent-coef", "0.05"),
+         r"^error: --ent-coef-min 0\.01 floors a learned coefficient; --ent-coef 0\.05 is fixed"),
+    Case("ch04-ent-coef-auto-below-its-floor", ("train", "--her", "--ent-coef-min", "0.1", "--ent-coef", "auto_0.01"),
+         r"^error: --ent-coef auto_0\.01 starts below --ent-coef-min 0\.1$"),
+    Case("ch04-ent-coef=-1", ("train", "--her", "--ent-coef", "-1"),
+         r"argument --ent-coef: expected 'auto', 'auto_<initial value>' or a number > 0, got '-1'"),
+    Case("ch04-ent-coef-min=-1", ("train", "--her", "--ent-coef-min", "-1"), r"argument --ent-coef-min: .*got -1"),
+    *(Case(f"ch04-{cmd}-env-typo", (cmd, "--her", "--env", "FetchPsuh-v4"),
+           r"^error: unknown env id 'FetchPsuh-v4'; did you mean FetchPush-v4\?$")
+      for cmd in ("train", "eval", "all", "check-env", "video")),
+    Case("ch04-nsg-values=2,,4", ("ablation", "--her", "--nsg-values", "2,,4"),
+         r"argument --nsg-values: expected comma-separated values, got '2,,4'"),
+    Case("ch04-nsg-values=0", ("ablation", "--her", "--nsg-values", "0"),
+         r"argument --nsg-values: expected a positive integer, got 0"),
+    Case("ch04-nsg-values=2,2", ("ablation", "--her", "--nsg-values", "2,2"),
+         r"^error: --nsg-values: duplicate value 2 in .*; list each value once$"),
+    Case("ch04-ablation-without-her", ("ablation", "--nsg-values", "2,4"),
+         r"^error: ablation varies n_sampled_goal, a setting of the --her arm; add --her$"),
+    Case("ch04-eval-push-missing-checkpoint", ("eval", "--her", "--env", "FetchPush-v4"),
+         r"checkpoint not found: .*sac_her_FetchPush-v4_seed0\.zip"),
+]
+
+#: SAC's hyper-parameters (chapter 3's, and chapter 4's both arms): each refused in its own words.
+SAC_CASES = [
+    ("tau=0", ("--tau", "0"), r"argument --tau: tau must be in \(0, 1\], got 0\.0"),
+    ("tau=1.5", ("--tau", "1.5"), r"argument --tau: tau must be in \(0, 1\], got 1\.5"),
+    ("gamma=0", ("--gamma", "0"), r"argument --gamma: gamma must be in \(0, 1\], got 0\.0"),
+    ("batch-size=0", ("--batch-size", "0"), r"argument --batch-size: expected a positive integer, got 0"),
+    ("batch-larger-than-buffer", ("--buffer-size", "10", "--batch-size", "256"),
+     r"^error: --batch-size 256 is larger than --buffer-size 10; lower it or raise --buffer-size$"),
+    ("learning-starts=-1", ("--learning-starts", "-1"), r"argument --learning-starts: expected an integer >= 0, got -1"),
+    ("ent-coef=auto_0", ("--ent-coef", "auto_0"), r"argument --ent-coef: expected .*, got 'auto_0'"),
+    ("ent-coef=abc", ("--ent-coef", "abc"), r"argument --ent-coef: expected .*, got 'abc'"),
+    ("train-freq=0", ("--train-freq", "0"), r"argument --train-freq: expected a positive integer, got 0"),
+]
+SAC_CHAPTER_CASES = [
+    (chapter_id, Case(f"{chapter_id}-{arm}train-{name}", ("train", *(("--her",) if arm else ()), *bad), message))
+    for chapter_id, arms in (("ch03", ("",)), ("ch04", ("her-", ""))) for arm in arms for name, bad, message in SAC_CASES
+]
+
+
+def _run_chapter(chapter_id: str, case: Case, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One case through ``main(argv, chapter)`` with ``--root`` the case's own (earlier artifacts in it)."""
+    from fetchrl.chapters import CHAPTERS
+
+    (root / "results").mkdir()
+    (root / "results" / "earlier_eval.json").write_text('{"an": "earlier artifact"}\n')
+    before = _files(root)
+    try:
+        code = main([*case.argv, "--root", str(root), "--no-progress"], CHAPTERS[chapter_id])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    _check(case, code, capsys.readouterr().err, before, root)
+
+
+@pytest.mark.parametrize("case", CH04_CASES, ids=[c.id for c in CH04_CASES])
+def test_bad_input_chapter_4(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run_chapter("ch04", case, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(("chapter_id", "case"), SAC_CHAPTER_CASES, ids=[c.id for _, c in SAC_CHAPTER_CASES])
+def test_bad_input_sac_hyperparameters(chapter_id: str, case: Case, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    _run_chapter(chapter_id, case, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case_id", ["ch04-n-sampled-goal-without-her", "ch04-train-env-typo", "ch04-nsg-values=2,2"])
+def test_bad_input_chapter_4_in_a_real_process(case_id: str, tmp_path: Path) -> None:
+    case = next(c for c in CH04_CASES if c.id == case_id)
+    (tmp_path / "results").mkdir()
+    before = _files(tmp_path)
+    proc = subprocess.run([sys.executable, str(CH04_SCRIPT), *case.argv, "--root", str(tmp_path), "--no-progress"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    _check(case, proc.returncode, proc.stderr, before, tmp_path)

@@ -57,10 +57,13 @@ def _baselines(result: EvalResult, runtime: Runtime) -> list[EvalResult]:
 
 
 def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Diagnosis | None = None,
-           baselines: list[EvalResult] | None = None, criteria: Sequence[Criterion] | None = None) -> int:
+           baselines: list[EvalResult] | None = None, criteria: Sequence[Criterion] | None = None,
+           diagnose: bool = True) -> int:
     """Criteria table (trained vs random vs zero-action), diagnosis; writes the report markdown.
 
     ``criteria``: the chapter's (default chapter 2's); the titles name the chapter of ``paths.names``.
+    ``diagnose``: read the run's logs when no ``diagnosis`` is given (False: the caller already tried,
+    as ``all`` does, so a skipped diagnosis is not tried and reported twice).
     """
     from fetchrl.pipeline.report import CHAPTER_CRITERIA, chapter_heading, print_criteria, write_report
 
@@ -74,7 +77,8 @@ def report(paths: RunPaths, runtime: Runtime, *, diagnosis: Diagnosis | None = N
     if stale is not None:
         sys.stderr.write(f"warning: {stale}\n")
     baselines = baselines if baselines is not None else _baselines(result, runtime)
-    diagnosis = diagnosis if diagnosis is not None else _diagnosis_or_none(paths)
+    if diagnosis is None and diagnose:
+        diagnosis = _diagnosis_or_none(paths)
     ok = print_criteria(result, baselines, f"{heading[0]} criteria — {result.env_id}, {result.n_episodes} episodes",
                         criteria=criteria)
     if diagnosis is not None:
@@ -122,7 +126,7 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     console.print(f"evaluated {result.n_episodes} episodes in {result.eval_seconds:.1f} s -> {paths.eval_json}")
     diagnosis = _diagnosis_or_none(paths)
     baselines = _baselines(result, runtime)
-    code = report(paths, runtime, diagnosis=diagnosis, baselines=baselines, criteria=criteria)
+    code = report(paths, runtime, diagnosis=diagnosis, baselines=baselines, criteria=criteria, diagnose=False)
     curves = _plot_or_none(plot_run, paths.tb_dir, paths.curves_png, algo=paths.names.algo)
     gif = None
     if video:

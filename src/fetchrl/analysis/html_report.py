@@ -38,8 +38,10 @@ from fetchrl.pipeline.report import (
     chapter_heading,
     check_criteria,
     criteria_table,
+    distance_note,
     overall_pass,
 )
+from fetchrl.tasks.envs import goal_distance_name
 
 #: Image types the page embeds, by file suffix (SVG is excluded: it can carry scripts and links).
 IMAGE_MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
@@ -194,6 +196,8 @@ def _criteria_section(result: EvalResult, baselines: list[EvalResult], criteria:
         _table(header, rows, cell_class),
         f"<p class=\"note\">PASS needs {'all three' if len(words) == 3 else f'all {len(words)}'}: {needs}.</p>",
     ]
+    if distance_note(result.env_id):
+        out.append(f"<p>{esc(distance_note(result.env_id))}</p>")
     if baselines:
         out.append(f"<p>{esc(baseline_note(criteria))}</p>")
     return "".join(out)
@@ -297,7 +301,8 @@ def render_html(paths: RunPaths, *, result: EvalResult, baselines: list[EvalResu
         _diagnosis_section(diagnosis),
         _image_section("Training curves", curves_png, "training curves",
                        "no curves were plotted for this run."),
-        _image_section("The policy at work", gif, "video of the trained policy with the distance to the goal",
+        _image_section("The policy at work", gif, f"video of the trained policy with the "
+                       f"{goal_distance_name(result.env_id)} distance",
                        "no video was recorded for this run (all --no-video)."),
         _aggregate_section(result, baselines),
         _meta_section(meta),

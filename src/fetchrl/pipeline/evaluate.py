@@ -6,7 +6,8 @@ Protocol (the chapter's section 3.4, made exact):
 - the trained policy acts with its mean action (``deterministic=True``);
 - ``success`` is ``info["is_success"]`` at the episode's last step;
 - ``final_distance`` is ||achieved_goal - desired_goal|| of the *terminal* observation (we step
-  plain envs without autoreset, so the observation at truncation is the terminal one).
+  plain envs without autoreset, so the observation at truncation is the terminal one): the gripper's
+  distance to the goal on Reach, the *object's* on Push (its achieved_goal is the object's position).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fetchrl.artifacts import ArtifactNames, EvalResult, RunPaths, atomic_write_text
 from fetchrl.config import Criterion
+from fetchrl.tasks import envs
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ def baseline_note(criteria: Sequence[Criterion] = CHAPTER_CRITERIA) -> str:
     return ("The random and zero-action columns are scored on the same episode seeds as the trained policy. "
             + middle
             + "Success rate and final distance are the criteria that separate a trained policy from these baselines.")
+
+
+def distance_note(env_id: str) -> str:
+    """What "final distance" is on a task with an object (Push: the object's distance to the goal, not the
+    gripper's); "" on Reach, where it is the gripper's, as chapters 2 and 3 state."""
+    if not envs.has_object(env_id):
+        return ""
+    return (f"Final distance on {env_id} is the {envs.goal_distance_name(env_id)} distance at the episode's end: "
+            "achieved_goal is the object's position, so the object, not the gripper, must end near the goal.")
 
 
 #: Chapter 2's note (:func:`baseline_note` of its criteria).
@@ -122,6 +132,8 @@ def render_markdown(result: EvalResult, baselines: list[EvalResult] | None = Non
         f"**Overall: {verdict}**",
         "",
     ]
+    if distance_note(result.env_id):
+        lines += [distance_note(result.env_id), ""]
     if baselines:
         lines += [baseline_note(criteria), ""]
     if diagnosis_md:
