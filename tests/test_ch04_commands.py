@@ -10,7 +10,9 @@ Nothing of SB3 or MuJoCo is mocked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -192,10 +194,12 @@ def _gripper_goal_distance(obs: dict[str, np.ndarray]) -> float:
 def push(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     root = tmp_path_factory.mktemp("ch04_push")
     base = ["--her", "--env", PUSH, "--root", str(root), "--no-progress"]
-    codes = {"train": _run(["train", *base, *PUSH_STEPS]),
-             "eval": _run(["eval", *base, "--n-eval-episodes", "2"]),
-             "report": _run(["report", *base]),
-             "video": _run(["video", *base, "--episodes", "1"])}
+    printed = io.StringIO()
+    codes = {"train": _run(["train", *base, *PUSH_STEPS])}
+    with contextlib.redirect_stdout(printed):
+        codes["eval"] = _run(["eval", *base, "--n-eval-episodes", "2"])
+    (root / "eval_stdout.txt").write_text(printed.getvalue())
+    codes |= {"report": _run(["report", *base]), "video": _run(["video", *base, "--episodes", "1"])}
     return root, codes
 
 
@@ -226,6 +230,8 @@ def test_push_eval_final_distance_is_the_objects(push: tuple[Path, dict[str, int
     assert (meta.hyperparameters["ent_coef"], meta.total_steps) == (0.05, 1200)  # Push's default, given steps
     result = EvalResult.from_json(paths.eval_json)
     assert result.env_id == PUSH and result.n_episodes == 2
+    assert f"final_distance_mean {result.aggregate['final_distance_mean']:.4f} m (object-to-goal)" in \
+        (root / "eval_stdout.txt").read_text()
     model = load_model(paths, Runtime.decide(PUSH, reference_env=True))
     for episode in result.per_episode:
         terminal = _replay(model, PUSH, episode.seed)[-1]

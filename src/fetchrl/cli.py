@@ -271,12 +271,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from fetchrl.pipeline.evaluate import evaluate
+    from fetchrl.tasks import envs
 
     paths = _paths(args)
     result = evaluate(paths, _eval_config(args), _runtime(args), device=args.device, progress=not args.no_progress)
     agg = result.aggregate
+    measured = f" ({envs.goal_distance_name(args.env_id)})" if envs.has_object(args.env_id) else ""  # Push: the object's
     print(f"success_rate {agg['success_rate']:.3f}  return_mean {agg['return_mean']:.3f}  "
-          f"final_distance_mean {agg['final_distance_mean']:.4f} m  ({result.n_episodes} episodes, "
+          f"final_distance_mean {agg['final_distance_mean']:.4f} m{measured}  ({result.n_episodes} episodes, "
           f"{result.eval_seconds:.1f} s)")
     print(f"eval JSON: {paths.eval_json}")
     return 0
