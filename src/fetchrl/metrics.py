@@ -54,3 +54,17 @@ SAC_CURVES: Final = (EP_REW_MEAN, SUCCESS_RATE, ENT_COEF, ACTOR_LOSS, CRITIC_LOS
 #: Logged by SACDiagnosticsCallback (or only with a learned ent_coef); rules that read them say "info" without.
 SAC_OPTIONAL: Final = (ENT_COEF_LOSS, Q1_MEAN, Q1_MAX, Q2_MEAN, Q2_MAX, Q_TARGET_MEAN, Q_TARGET_MAX,
                        EVAL_Q, EVAL_MC_RETURN, Q_OVERESTIMATION, REPLAY_FILL, REPLAY_SAMPLE_AGE)
+
+# ---------------------------------------------------------------- HER (chapter 4)
+# fetchrl.pipeline.her_callbacks.HERDiagnosticsCallback logs these ("HER's truth serum").
+HER_RELABELED_REWARD0: Final = "her/relabeled_reward0_fraction"
+"""Share of relabeled (virtual) transitions with reward 0 (a success) in a batch sampled like HER's."""
+HER_REAL_REWARD0: Final = "her/real_reward0_fraction"
+"""The same share for the transitions as they were collected (their stored reward, goal not relabeled)."""
+OBJECT_DISPLACEMENT: Final = "her/object_displacement"
+"""Tasks with an object (Push): mean over the episodes finished since the last log dump of
+``||achieved_goal at the episode's end - at its start||`` in metres: did the arm move the object at all?"""
+
+#: Logged by HERDiagnosticsCallback (the relabeling fractions only with a HER buffer, the displacement only
+#: on a task with an object); ``diagnose --algo sac_her`` reads them when present.
+HER_OPTIONAL: Final = (HER_RELABELED_REWARD0, HER_REAL_REWARD0, OBJECT_DISPLACEMENT)

@@ -1,8 +1,9 @@
 """Read a run's TensorBoard logs and check them against its algorithm's rules.
 
 Rules are registered per algorithm in :data:`RULES` (``"ppo"``: chapter 2's tables, in
-:mod:`fetchrl.analysis.rules.ppo`; ``"sac"``: chapters 3 and 4, in :mod:`fetchrl.analysis.rules.sac`,
-whose docstrings give every threshold and why). ``algo`` defaults to ``"ppo"`` everywhere, so chapter
+:mod:`fetchrl.analysis.rules.ppo`; ``"sac"``: chapter 3 and chapter 4's no-HER arm, in
+:mod:`fetchrl.analysis.rules.sac`; ``"sac_her"``: chapter 4's HER arm, in :mod:`fetchrl.analysis.rules.her`;
+their docstrings give every threshold and why). ``algo`` defaults to ``"ppo"`` everywhere, so chapter
 2's commands, JSON and exit codes are unchanged. A run is *healthy* when no rule gives a ``warning``;
 ``outside_range``, ``ok`` and ``info`` never fail it (:mod:`fetchrl.analysis.findings`).
 """
@@ -17,7 +18,7 @@ from typing import Final
 
 from fetchrl import metrics
 from fetchrl.analysis.findings import VERDICT, Diagnosis, Finding, Severity, mostly_from
-from fetchrl.analysis.rules import ppo, sac
+from fetchrl.analysis.rules import her, ppo, sac
 from fetchrl.analysis.rules.ppo import (
     APPROX_KL_BAND,
     APPROX_KL_HEALTHY,
@@ -73,10 +74,11 @@ class RuleSet:
     """``((tags in argument order), check)`` in report order."""
 
 
-#: The registry: algorithm name -> its rules. Chapter 4 (SAC+HER) reuses "sac".
+#: The registry: algorithm name -> its rules. Chapter 4's "sac_her" is SAC's rules (two re-tuned) plus HER's.
 RULES: Final[dict[str, RuleSet]] = {
     "ppo": RuleSet(metrics.CHAPTER_CURVES, ppo.OPTIONAL_TAGS, ppo.CHECKS),
     "sac": RuleSet(metrics.SAC_CURVES, sac.OPTIONAL_TAGS, sac.CHECKS),
+    "sac_her": RuleSet(metrics.SAC_CURVES, her.OPTIONAL_TAGS, her.CHECKS),
 }
 
 

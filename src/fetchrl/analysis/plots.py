@@ -48,6 +48,9 @@ HEALTHY_NOTE: Final = {
     metrics.CRITIC_LOSS: f"healthy: stays far below {diagnose.sac.CRITIC_LOSS_CEILING:g}",
     metrics.ACTOR_LOSS: "healthy: falls as Q rises (it is -Q + ent_coef log π)",
     metrics.Q_OVERESTIMATION: "Q vs real returns: batch Q (lines), eval Q, soft MC return (dots)",
+    # SAC + HER (chapter 4; fetchrl.analysis.rules.her)
+    metrics.HER_RELABELED_REWARD0: "reward-0 (success) share: relabeled well above real",
+    metrics.OBJECT_DISPLACEMENT: f"healthy: rises above {diagnose.her.OBJECT_STILL_M:g} m as the arm learns to push",
 }
 #: SAC's panels (``plot_run(..., algo="sac")``), and the rules whose warnings each panel marks.
 SAC_PANELS: Final = (metrics.SUCCESS_RATE, metrics.EP_REW_MEAN, metrics.ENT_COEF, metrics.CRITIC_LOSS,
@@ -56,6 +59,13 @@ SAC_PANEL_RULES: Final = {metrics.SUCCESS_RATE: ("success_flat",),
                           metrics.ENT_COEF: ("ent_coef_collapse", "ent_coef_explodes"),
                           metrics.CRITIC_LOSS: ("critic_loss_diverges",),
                           metrics.Q_OVERESTIMATION: ("q_overestimation",)}
+#: SAC + HER's extra row (``plot_run(..., algo="sac_her")``), and the rules whose warnings each panel marks.
+HER_PANELS: Final = (metrics.HER_RELABELED_REWARD0, metrics.OBJECT_DISPLACEMENT)
+HER_PANEL_RULES: Final = {metrics.HER_RELABELED_REWARD0: ("her_inactive",),
+                          metrics.OBJECT_DISPLACEMENT: ("object_never_moved",)}
+#: The HER panel's curves: (tag, label, style).
+HER_FRACTION_LINES: Final = ((metrics.HER_RELABELED_REWARD0, "relabeled transitions", "o-"),
+                             (metrics.HER_REAL_REWARD0, "real transitions", "s-"))
 #: The Q panel's curves: (tag, label, style).
 SAC_Q_LINES: Final = ((metrics.Q1_MEAN, "critic 1 mean (batch)", "-"), (metrics.Q2_MEAN, "critic 2 mean (batch)", "-"),
                       (metrics.Q_TARGET_MEAN, "TD target mean (batch)", "--"),
@@ -188,8 +198,20 @@ def _legend_guides(ax: Axes) -> None:
         ax.legend(*zip(*guides, strict=True), fontsize=8, loc="best")
 
 
-def _read_all(logdirs: Sequence[Path]) -> list[dict[str, Series]]:
-    return [read_scalars(Path(d), metrics.CHAPTER_CURVES) for d in logdirs]
+def _read_all(logdirs: Sequence[Path], tags: Sequence[str] = metrics.CHAPTER_CURVES) -> list[dict[str, Series]]:
+    return [read_scalars(Path(d), tags) for d in logdirs]
+
+
+def curves_of(on_policy: bool) -> tuple[str, ...]:
+    """The curves a run of the algorithm logs: PPO's six (on-policy), or SAC's five."""
+    return metrics.CHAPTER_CURVES if on_policy else metrics.SAC_CURVES
+
+
+def _legend_guides_of(axes: Sequence[Axes], tags: Sequence[str]) -> None:
+    """Guide legends on the panels that have guides (PPO: approx_kl, clip_fraction)."""
+    for ax, tag in zip(axes, tags, strict=False):
+        if tag in HEALTHY_BAND or tag in WARNING_LINE:
+            _legend_guides(ax)
 
 
 def _final_scores_row(axes: Sequence[Axes], final_scores: Mapping[str, Sequence[float]]) -> None:
@@ -238,7 +260,7 @@ def _annotate(ax: Axes, finding: diagnose.Finding) -> None:
 def plot_run(logdir: Path, out_png: Path, algo: str = "ppo") -> Path:
     """The six curves of one run (2x3 panels), with the chapter's healthy bands shaded.
 
-    ``algo="sac"``: SAC's panels instead (:func:`plot_sac_run`).
+    ``algo="sac"``: SAC's panels instead (:func:`plot_sac_run`); ``"sac_her"``: those and a HER row.
 
     The approx_kl and clip_fraction panels carry ``diagnose``'s verdict on their band in the words of
     the diagnosis table ("ok" / "outside range", how many updates, from which step), and the entropy
@@ -251,8 +273,8 @@ def plot_run(logdir: Path, out_png: Path, algo: str = "ppo") -> Path:
     Returns:
         ``out_png``. Raises FetchRLError (exit 2) for missing logs or tags.
     """
-    if algo == "sac":
-        return plot_sac_run(logdir, out_png)
+    if algo in ("sac", "sac_her"):
+        return plot_sac_run(logdir, out_png, algo)
     diagnose.rules_for(algo)  # an unknown algorithm is bad input (exit 2)
     scalars = diagnose.read_run(Path(logdir))
     findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir)).findings}
@@ -271,53 +293,70 @@ def plot_run(logdir: Path, out_png: Path, algo: str = "ppo") -> Path:
     return _save(fig, out_png)
 
 
-def _plot_q_panel(ax: Axes, scalars: Mapping[str, Series]) -> list[np.ndarray]:
-    """Batch Q statistics and the evaluation's Q vs soft Monte-Carlo return (whatever was logged)."""
+def _plot_lines(ax: Axes, scalars: Mapping[str, Series], lines: Sequence[tuple[str, str, str]],
+                missing: str) -> list[np.ndarray]:
+    """Each logged ``(tag, label, style)`` of ``lines`` as a curve; ``missing`` written when none was logged."""
     drawn = []
-    for tag, label, style in SAC_Q_LINES:
+    for tag, label, style in lines:
         if tag in scalars:
             s = scalars[tag]
             ax.plot(s.steps, s.values, style, lw=1.4, ms=4, label=label)
             drawn.append(s.values)
     if not drawn:
-        ax.text(0.5, 0.5, "q/* not logged\n(attach SACDiagnosticsCallback)", transform=ax.transAxes,
-                ha="center", va="center")
+        ax.text(0.5, 0.5, missing, transform=ax.transAxes, ha="center", va="center")
     return drawn
 
 
-def plot_sac_run(logdir: Path, out_png: Path) -> Path:
+def plot_sac_run(logdir: Path, out_png: Path, algo: str = "sac") -> Path:
     """SAC's curves of one run (2x3 panels): success, reward, ent_coef (log), critic and actor loss, Q vs returns.
 
-    Each warning of ``diagnose --algo sac`` is marked at its step on its panel (``SAC_PANEL_RULES``).
+    ``algo="sac_her"`` (chapter 4) adds a row: the reward-0 fraction of relabeled vs real transitions,
+    and the object's displacement per episode (tasks with an object; a note otherwise).
+    Each warning of ``diagnose --algo <algo>`` is marked at its step on its panel (``SAC_PANEL_RULES``,
+    ``HER_PANEL_RULES``).
 
     Args:
-        logdir: TensorBoard run directory. out_png: where to write.
+        logdir: TensorBoard run directory. out_png: where to write. algo: "sac" or "sac_her".
 
     Returns:
         ``out_png``. Raises FetchRLError (exit 2) for missing logs or tags.
     """
-    scalars = diagnose.read_run(Path(logdir), "sac")
-    findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir), "sac").findings}
-    fig, axes = _new_figure(2, f"SAC training curves — {logdir}")
-    for ax, tag in zip(axes, SAC_PANELS, strict=True):
+    her = algo == "sac_her"
+    scalars = diagnose.read_run(Path(logdir), algo)
+    findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir), algo).findings}
+    fig, axes = _new_figure(3 if her else 2, f"{'SAC + HER' if her else 'SAC'} training curves — {logdir}")
+    panels = (*SAC_PANELS, *HER_PANELS) if her else SAC_PANELS
+    rules = {**SAC_PANEL_RULES, **HER_PANEL_RULES}
+    for ax, tag in zip(axes, panels, strict=False):
         if tag == metrics.Q_OVERESTIMATION:
-            data = _plot_q_panel(ax, scalars)
+            data = _plot_lines(ax, scalars, SAC_Q_LINES, "q/* not logged\n(attach SACDiagnosticsCallback)")
+        elif tag == metrics.HER_RELABELED_REWARD0:
+            data = _plot_lines(ax, scalars, HER_FRACTION_LINES, "her/* not logged\n(no HER buffer)")
+            ax.set_ylim(-0.03, 1.03)
+        elif tag == metrics.OBJECT_DISPLACEMENT:
+            data = _plot_lines(ax, scalars, ((tag, "mean per episode", "o-"),), "not logged\n(a task without an object)")
+            if data:
+                ax.axhline(diagnose.her.OBJECT_STILL_M, color="tab:red", ls="--", lw=1,
+                           label=f"{_GUIDES[1]} ({diagnose.her.OBJECT_STILL_M:g} m)")
         else:
             s = scalars[tag]
             ax.plot(s.steps, s.values, color="tab:blue", lw=1.6, marker="o" if s.steps.size <= 30 else None, ms=3)
             data = [s.values]
         _decorate(ax, tag, data)
-        for fid in SAC_PANEL_RULES.get(tag, ()):
+        for fid in rules.get(tag, ()):
             if findings[fid].severity == "warning":
                 _annotate(ax, findings[fid])
         handles, labels = ax.get_legend_handles_labels()
         if labels:
             ax.legend(handles, [textwrap.shorten(lab, 200) for lab in labels], fontsize=7, loc="best")
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
     return _save(fig, out_png)
 
 
 def plot_multi_seed(logdirs: Mapping[int, Path], out_png: Path,
-                    final_scores: Mapping[str, Sequence[float]] | None = None) -> Path:
+                    final_scores: Mapping[str, Sequence[float]] | None = None, *,
+                    curves: Sequence[str] = metrics.CHAPTER_CURVES, algo_title: str = "PPO") -> Path:
     """Mean curve and 95 % bootstrap band across seeds for each of the six curves.
 
     Args:
@@ -325,6 +364,8 @@ def plot_multi_seed(logdirs: Mapping[int, Path], out_png: Path,
         out_png: where to write, e.g. ``artifacts.multi_seed_plot_path()``.
         final_scores: optional ``{metric: [score per seed]}`` (e.g. success_rate from each seed's eval
             JSON); adds a row with each metric's IQM and 95 % stratified-bootstrap CI (rliable).
+        curves: the TensorBoard tags drawn, one panel each (at most six): :func:`curves_of` the algorithm.
+        algo_title: the algorithm as the title names it.
 
     Returns:
         ``out_png``.
@@ -332,20 +373,21 @@ def plot_multi_seed(logdirs: Mapping[int, Path], out_png: Path,
     if not logdirs:
         raise FetchRLError("plot_multi_seed needs at least one run directory")
     seeds = list(logdirs)
-    runs = _read_all([logdirs[s] for s in seeds])
+    runs = _read_all([logdirs[s] for s in seeds], curves)
     extra_rows = math.ceil(len(final_scores) / 3) if final_scores else 0
-    title = (f"PPO across {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean with 95 % bootstrap CI over seeds"
-             if len(seeds) > 1 else f"PPO, seed {seeds[0]}")
+    title = (f"{algo_title} across {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean with 95 % bootstrap CI "
+             "over seeds" if len(seeds) > 1 else f"{algo_title}, seed {seeds[0]}")
     fig, axes = _new_figure(2 + extra_rows, title)
-    for ax, tag in zip(axes, metrics.CHAPTER_CURVES, strict=False):
-        curves = [r[tag] for r in runs]
-        for c in curves:
+    for ax, tag in zip(axes, curves, strict=False):
+        series = [r[tag] for r in runs]
+        for c in series:
             ax.plot(c.steps, c.values, color="tab:blue", lw=0.7, alpha=0.3)
-        grid, values = common_grid(curves)
+        grid, values = common_grid(series)
         _draw_band(ax, grid, values, "tab:blue", "seeds")
-        _decorate(ax, tag, [c.values for c in curves])
-    _legend_guides(axes[3])
-    _legend_guides(axes[4])
+        _decorate(ax, tag, [c.values for c in series])
+    _legend_guides_of(axes, curves)
+    for ax in axes[len(curves):6]:
+        ax.set_visible(False)
     if final_scores:
         _final_scores_row(axes[6:], final_scores)
     for ax in axes[6 + len(final_scores or {}):]:
@@ -353,12 +395,14 @@ def plot_multi_seed(logdirs: Mapping[int, Path], out_png: Path,
     return _save(fig, out_png)
 
 
-def plot_ablation(groups: Mapping[str, Sequence[Path]], out_png: Path) -> Path:
+def plot_ablation(groups: Mapping[str, Sequence[Path]], out_png: Path, *,
+                  curves: Sequence[str] = metrics.CHAPTER_CURVES) -> Path:
     """One overlay per curve: a mean line (and 95 % bootstrap band over seeds) per setting.
 
     Args:
         groups: ``{setting label: [run directory per seed]}``, e.g. ``{"clip_range=0.1": [...], ...}``.
         out_png: where to write, e.g. ``artifacts.ablation_plot_path("clip_range")``.
+        curves: the TensorBoard tags drawn, one panel each (at most six): :func:`curves_of` the algorithm.
 
     Returns:
         ``out_png``.
@@ -366,9 +410,11 @@ def plot_ablation(groups: Mapping[str, Sequence[Path]], out_png: Path) -> Path:
     if not groups or any(not dirs for dirs in groups.values()):
         raise FetchRLError("plot_ablation needs at least one run directory per setting")
     colours = [f"C{i % 10}" for i in range(len(groups))]
-    data = {label: _read_all(dirs) for label, dirs in groups.items()}
+    data = {label: _read_all(dirs, curves) for label, dirs in groups.items()}
     fig, axes = _new_figure(2, f"Ablation: {', '.join(groups)} — lines: mean over seeds, bands: 95 % bootstrap CI")
-    for ax, tag in zip(axes, metrics.CHAPTER_CURVES, strict=True):
+    for ax in axes[len(curves):]:
+        ax.set_visible(False)
+    for ax, tag in zip(axes, curves, strict=False):
         every: list[np.ndarray] = []
         for colour, (label, runs) in zip(colours, data.items(), strict=True):
             grid, values = common_grid([r[tag] for r in runs])
@@ -376,6 +422,5 @@ def plot_ablation(groups: Mapping[str, Sequence[Path]], out_png: Path) -> Path:
             every.append(values.ravel())
         _decorate(ax, tag, every)
     axes[0].legend(fontsize=8, loc="best")
-    _legend_guides(axes[3])
-    _legend_guides(axes[4])
+    _legend_guides_of(axes, curves)
     return _save(fig, out_png)

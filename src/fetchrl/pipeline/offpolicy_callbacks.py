@@ -10,6 +10,9 @@
   training envs): ``min(Q1, Q2)`` at each episode's first state and action against the discounted
   *soft* Monte-Carlo return that episode really got, and their gap ``q/overestimation``.
 
+:class:`EntCoefFloorCallback` applies ``--ent-coef-min`` (``SACConfig.ent_coef_min``): a learned entropy
+coefficient is raised back to the floor right before every update (its docstring gives the exact timing).
+
 Training is untouched, bit for bit. The batch is drawn with this callback's own
 ``numpy.random.Generator`` (SB3's ``ReplayBuffer.sample`` draws from numpy's global RNG, which the
 training's own batches use), and every torch sample (the next action of the target, the evaluation
@@ -285,3 +288,70 @@ class SACDiagnosticsCallback(BaseCallback):
         if self._owns_eval_env and self.eval_env is not None:
             self.eval_env.close()
             self.eval_env = None
+
+
+# ============================================================================ the entropy coefficient's floor
+def clamp_ent_coef(model: SAC, floor: float) -> bool:
+    """Raise a learned entropy coefficient to ``floor`` if it fell below: ``log_ent_coef`` clamped in place.
+
+    In place and under ``no_grad``: the same parameter object stays registered with the coefficient's
+    Adam optimiser (whose moments are left as they are). Nothing happens to a fixed coefficient (SB3's
+    ``log_ent_coef`` is then None) or with ``floor <= 0``. Returns True when the value changed.
+    """
+    log_ent_coef: torch.Tensor | None = getattr(model, "log_ent_coef", None)
+    if log_ent_coef is None or floor <= 0:
+        return False
+    bound = float(np.log(floor))
+    with torch.no_grad():
+        below = bool((log_ent_coef < bound).any())
+        if below:
+            log_ent_coef.clamp_(min=bound)
+    return below
+
+
+class EntCoefFloorCallback(BaseCallback):
+    """``--ent-coef-min``: keeps a learned SAC entropy coefficient at or above ``ent_coef_min``.
+
+    When it acts, in SB3's off-policy loop (``collect_rollouts`` -- one ``on_step`` per vector step --
+    then ``on_rollout_end``, then ``train(gradient_steps)``): the coefficient is clamped at
+    ``on_rollout_end``, i.e. right before every ``train`` call, and at ``on_training_start`` and
+    ``on_training_end`` (so a resumed model and the saved one respect it too). Consequences, exactly:
+
+    - every ``train`` call starts with ``ent_coef >= ent_coef_min``; with the chapters' ``gradient_steps=1``
+      every gradient step therefore *uses* (and SB3 logs as ``train/ent_coef``) a value at or above it;
+    - with ``gradient_steps = g > 1`` the coefficient may dip below the floor inside one ``train`` call
+      for its remaining ``g - 1`` steps (Adam moves ``log_ent_coef`` by about ``learning_rate`` per step)
+      and is raised again before the next call;
+    - acting never reads the coefficient, so collecting transitions is unaffected; a snapshot taken at
+      ``on_rollout_start`` may hold the last update's unclamped value, which the resumed run clamps before
+      its first update just as the uninterrupted run does (resume stays bit-exact).
+
+    Without a learned coefficient (``ent_coef`` a number) or with ``ent_coef_min <= 0`` it does nothing.
+
+    Args:
+        ent_coef_min: the floor (``SACConfig.ent_coef_min``), > 0.
+    """
+
+    def __init__(self, ent_coef_min: float, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if not ent_coef_min > 0:
+            raise FetchRLError(f"EntCoefFloorCallback: ent_coef_min must be > 0, got {ent_coef_min}")
+        self.ent_coef_min = ent_coef_min
+        self.clamps = 0
+        """How many times the coefficient was raised to the floor (for tests and curiosity)."""
+
+    def _clamp(self) -> None:
+        if clamp_ent_coef(cast(SAC, self.model), self.ent_coef_min):
+            self.clamps += 1
+
+    def _on_training_start(self) -> None:
+        self._clamp()
+
+    def _on_rollout_end(self) -> None:
+        self._clamp()
+
+    def _on_training_end(self) -> None:
+        self._clamp()
+
+    def _on_step(self) -> bool:
+        return True

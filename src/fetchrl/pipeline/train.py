@@ -68,8 +68,9 @@ from fetchrl.pipeline.checkpoints import (
     resume_problems,
     write_checkpoint,
 )
+from fetchrl.pipeline.her_callbacks import HERDiagnosticsCallback, has_object
 from fetchrl.pipeline.lock import run_lock
-from fetchrl.pipeline.offpolicy_callbacks import SACDiagnosticsCallback
+from fetchrl.pipeline.offpolicy_callbacks import EntCoefFloorCallback, SACDiagnosticsCallback
 from fetchrl.pipeline.resume import (
     DueSnapshots,
     ResumeState,
@@ -501,17 +502,45 @@ SAC_EVAL_EVERY = 10_000
 SAC_MIN_RECORDS = 5
 
 
+def _stats_every(config: TrainConfig) -> int:
+    """Gradient steps between two batch statistics records: SAC_STATS_EVERY, or fewer for a short run."""
+    algo = config.algo
+    warm_up, per_update = (algo.learning_starts, algo.gradient_steps) if isinstance(algo, SACConfig) else (0, 1)
+    updates = max(0, config.total_steps - warm_up) // algo.rollout_size(config.n_envs) * per_update
+    return min(SAC_STATS_EVERY, max(1, updates // SAC_MIN_RECORDS))
+
+
 def sac_diagnostics(config: TrainConfig) -> SACDiagnosticsCallback:
     """The off-policy run's diagnostics (Q statistics, replay fill/age, Q vs Monte-Carlo gap), at a cadence
     that depends only on the config, so a resumed run keeps it. It has its own env and RNG: the training's
     numbers are untouched (tests/test_ch03.py's resume tests). A resumed run restarts the callback's RNG,
     so its *diagnostic* records after the resume differ from an uninterrupted run's; training does not."""
-    algo = config.algo
-    warm_up, per_update = (algo.learning_starts, algo.gradient_steps) if isinstance(algo, SACConfig) else (0, 1)
-    updates = max(0, config.total_steps - warm_up) // algo.rollout_size(config.n_envs) * per_update
-    every = min(SAC_STATS_EVERY, max(1, updates // SAC_MIN_RECORDS))
     eval_every = min(SAC_EVAL_EVERY, max(1, config.total_steps // SAC_MIN_RECORDS))
-    return SACDiagnosticsCallback(every, eval_every=eval_every, seed=config.seed)
+    return SACDiagnosticsCallback(_stats_every(config), eval_every=eval_every, seed=config.seed)
+
+
+def her_diagnostics(config: TrainConfig) -> HERDiagnosticsCallback | None:
+    """Chapter 4's HER diagnostics (``fetchrl.pipeline.her_callbacks``), or None when it would log nothing.
+
+    The reward-0 fractions need a HER buffer (the "sac_her" arm; the callback finds it on the model); the
+    object displacement needs a task with an object (Push) and is logged for *both* arms there, so the
+    no-HER control shows whether it failed for lack of relabeling or for never touching the object.
+    Chapter 3's SAC on Reach gets neither: its runs are exactly as before. Own RNG: training untouched.
+    """
+    her = config.algorithm.name == "sac_her"
+    track_object = has_object(config.env_id)
+    if not (her or track_object):
+        return None
+    return HERDiagnosticsCallback(_stats_every(config), track_object=track_object, seed=config.seed)
+
+
+def ent_coef_floor(config: TrainConfig) -> EntCoefFloorCallback | None:
+    """``--ent-coef-min``'s callback (a learned ent_coef kept >= the floor), or None without a floor (0),
+    so runs that do not ask for one are exactly as before."""
+    algo = config.algo
+    if isinstance(algo, SACConfig) and algo.ent_coef_min > 0:
+        return EntCoefFloorCallback(algo.ent_coef_min)
+    return None
 
 
 def _start(config: TrainConfig, run: RunPlan, runtime: Runtime, env: Any) -> _Start:
@@ -545,7 +574,10 @@ def _learn(config: TrainConfig, run: RunPlan, runtime: Runtime, stop: StopReques
         else:  # a snapshot holds the replay buffer: taken only when due (see DueSnapshots); SB3 writes the logs
             snapshots = DueSnapshots(write, stop, every=checkpoint_every, wall_offset=start.wall_time_s)
             # diagnostics before FinalLogCallback: what they record at the last step is written with the rest
-            callbacks = [snapshots, bar, sac_diagnostics(config), FinalLogCallback()]
+            # chapter 4's (None when not asked for or nothing to log: other runs are exactly as before);
+            # the floor clamps at on_rollout_end, right before each update, wherever it stands in the list
+            extra = [cb for cb in (her_diagnostics(config), ent_coef_floor(config)) if cb is not None]
+            callbacks = [snapshots, bar, sac_diagnostics(config), *extra, FinalLogCallback()]
         if start.state is not None:  # last, right before learn: nothing else may draw from the generators
             restore_logger(model.logger, start.state.logger)
             restore_rng(start.state.rng)
