@@ -356,11 +356,22 @@ def _chapter_cases(chapter_id: str) -> list[Case]:
             cases.append(Case(f"{chapter_id}-report-eval-success-rate-word", ("report",),
                               rf"eval JSON .*{chapter_id}_.*_seed0_eval\.json is invalid: aggregate\.success_rate",
                               setup=_bad_eval(lambda d: d["aggregate"].update(success_rate="high"),
-                                              CHAPTERS[chapter_id].paths(ENV_ID, 0))))
+                                              _default_paths(chapter_id))))
         if "eval" in options:
             cases.append(Case(f"{chapter_id}-{cmd}-n-eval-episodes=10**14", _cmd(cmd, "--n-eval-episodes", str(10**14)),
                               rf"--n-eval-episodes: expected an integer <= {MAX_EVAL_EPISODES}"))
+    if CHAPTERS[chapter_id].control is not None:  # ch04: its ablation varies a setting of the --her arm
+        cases = [Case(c.id, (c.argv[0], "--her", *c.argv[1:]), c.message, c.code, c.setup)
+                 if c.argv[0] == "ablation" else c for c in cases]
     return cases
+
+
+def _default_paths(chapter_id: str) -> RunPaths:
+    """The run a chapter's command reads without options: its default task, the arm without --her (ch04's control)."""
+    from fetchrl.chapters import CHAPTERS
+
+    chapter = CHAPTERS[chapter_id]
+    return chapter.arm(False).paths(chapter.defaults.env_id, 0)
 
 
 def _chapter_ids() -> list[str]:
