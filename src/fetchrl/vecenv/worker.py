@@ -301,12 +301,20 @@ def serve(spec: WorkerSpec, buf: Buffer, ctrl: MutableSequence[int], go: Semapho
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     terminated: list[float] = []
     signal.signal(signal.SIGTERM, lambda *_: terminated.append(time.monotonic()))
+    born_to = os.getppid()
 
     def parent_alive() -> None:
         """Called while idle (blocked a second or more): exit if the main process is gone, or if a
         SIGTERM came ``TERM_GRACE`` s ago — a signal to the whole process group (systemd, Slurm)
         must not kill the envs while the main process still steps them on its way to a clean stop,
-        but ``multiprocessing``'s exit hook terminates an unclosed worker and then joins it."""
+        but ``multiprocessing``'s exit hook terminates an unclosed worker and then joins it.
+
+        "Gone" includes dead but not yet reaped: a killed main process stays a zombie (``os.kill``
+        still finds it) until its parent waits for it, and a parent that first reads the dead
+        process's stdout/stderr to the end (``subprocess.communicate``, a sweep runner) would wait
+        forever for this worker, which holds the same pipes. Reparenting shows the death at once."""
+        if os.getppid() != born_to:
+            raise SystemExit(0)
         try:
             os.kill(spec.parent_pid, 0)
         except ProcessLookupError:
