@@ -337,11 +337,11 @@ def test_check_env_on_a_task_that_is_not_fetch(tmp_path: Path, capsys: pytest.Ca
 def _chapter_cases(chapter_id: str) -> list[Case]:
     """The run-level bounds on every command of one chapter's script (its hyper-parameters are its own)."""
     from fetchrl.chapters import CHAPTERS
-    from fetchrl.cli import COMMANDS
+    from fetchrl.cli import command_for
 
     cases = []
     for cmd in CHAPTERS[chapter_id].commands:
-        options = COMMANDS[cmd].options
+        options = command_for(CHAPTERS[chapter_id], cmd).options
         cases += [Case(f"{chapter_id}-{cmd}-seed=2**32", _cmd(cmd, "--seed", str(MAX_SEED + 1)),
                        rf"--seed: expected an integer <= {MAX_SEED}"),
                   Case(f"{chapter_id}-{cmd}-device=gpu", _cmd(cmd, "--device", "gpu"), r"--device: expected cpu, cuda")]

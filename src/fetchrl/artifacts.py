@@ -869,3 +869,176 @@ class ThroughputResult:
         points: list[JSONObject] = data["points"]
         out.points = [ThroughputPoint(**p) for p in points]
         return out
+
+
+# ============================================================================ treatment vs control arms (ch04)
+def arms_compare_json_path(env_id: str, root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    """``results/ch04_compare_fetchpush-v4.json``: the chapter's two arms over seeds, with the claim's verdict."""
+    return root / "results" / f"{names.chapter}_compare_{env_id.lower()}.json"
+
+
+def arms_compare_plot_path(env_id: str, root: Path = Path("."), names: ArtifactNames = DEFAULT_NAMES) -> Path:
+    """``results/ch04_compare_fetchpush-v4.png``: success per arm (95 % CI, every seed), training curves."""
+    return root / "results" / f"{names.chapter}_compare_{env_id.lower()}.png"
+
+
+#: What the arms compare's claim verdict can be: the CI of the difference is above, below or across the bar.
+CLAIM_VERDICTS = ("PASS", "FAIL", "inconclusive")
+
+
+@dataclass
+class MeanCI:
+    """One metric of one arm over seeds: mean, sample std and the 95 % Student-t CI of the mean.
+
+    ``std`` and ``ci`` are None for one seed: no spread measured (JSON null, "not measured" in text).
+    """
+
+    mean: float
+    std: float | None
+    ci: list[float] | None
+    """[low, high] of the 95 % CI of the mean (Student t, n - 1 degrees of freedom)."""
+    n: int
+
+    def problem(self, name: str, bounds: Bounds) -> str | None:
+        """The first impossible value: the mean outside ``bounds`` (the metric's range), a negative std, a CI
+        not around the mean. The CI itself may reach past the range: a t interval over few seeds does."""
+        checks = [("mean", self.mean, bounds), ("std", self.std, NON_NEGATIVE)]
+        if isinstance(self.ci, list) and len(self.ci) == 2:
+            checks += [("ci low", self.ci[0], _FINITE), ("ci high", self.ci[1], _FINITE)]
+        for what, value, within in checks:
+            problem = None if value is None else _number_problem(f"{name} {what}", value, within)
+            if problem is not None:
+                return problem
+        if not isinstance(self.n, int) or self.n < 1:
+            return f"{name} n must be a positive integer, got {self.n!r}"
+        if (self.std is None) != (self.n < 2) or (self.ci is None) != (self.n < 2):
+            return f"{name}: std and ci are measured exactly when n >= 2 (n = {self.n}, std {self.std!r}, ci {self.ci!r})"
+        if self.ci is not None and not (isinstance(self.ci, list) and len(self.ci) == 2
+                                        and self.ci[0] <= self.mean <= self.ci[1]):
+            return f"{name} ci must be [low, high] around the mean {self.mean!r}, got {self.ci!r}"
+        return None
+
+
+#: Each arm metric's possible values (success is a rate; an eval's mean return on a sparse task is <= 0).
+ARM_METRIC_BOUNDS: dict[str, Bounds] = {"success_rate": UNIT_CLOSED, "return_mean": _FINITE,
+                                        "final_distance_mean": NON_NEGATIVE}
+
+
+@dataclass
+class ArmSummary:
+    """One arm of the compare (``sac_her`` or ``sac``) over its seeds, read from their eval JSONs."""
+
+    algo: str
+    """The arm's algorithm name, its artifacts' prefix: ``"sac_her"``."""
+    title: str
+    """``"SAC + HER"``."""
+    per_seed: list[SeedSummary]
+    stats: dict[str, MeanCI]
+    """Per metric of :data:`ARM_METRIC_BOUNDS` (success_rate, return_mean, final_distance_mean)."""
+    eval_jsons: list[str]
+
+
+@dataclass
+class ArmsDifference:
+    """Treatment minus control success rate, in percentage points, with its 95 % Welch-t CI."""
+
+    difference_pp: float
+    ci_pp: list[float] | None
+    """[low, high]; None when an arm has one seed (no spread measured: no interval)."""
+    df: float | None
+    """Welch–Satterthwaite degrees of freedom (None: no interval, or both arms without spread)."""
+    method: str
+
+
+@dataclass
+class ArmsCompareResult:
+    """``results/ch04_compare_<env>.json``: the treatment and control arms over the same seeds, and the claim."""
+
+    created_at: str
+    env_id: str
+    chapter: str
+    total_steps: dict[str, int]
+    """Steps each arm trained (``{algo: steps}``)."""
+    n_eval_episodes: int
+    seeds: list[int]
+    arms: list[ArmSummary]
+    """[treatment, control]."""
+    difference: ArmsDifference
+    claim: str
+    """``"HER − no-HER > 50 pp"``."""
+    claim_threshold_pp: float
+    verdict: str
+    """One of :data:`CLAIM_VERDICTS`: PASS when the CI's low end is above the bar, FAIL when its high end is
+    below it, inconclusive otherwise (also when no CI could be measured)."""
+    gap_small: bool
+    """The gap is small: the whole CI (or, without one, the difference) lies below the bar."""
+    answer: str
+    """The verdict in words, as the command prints it."""
+    failed_trials: list[str] = field(default_factory=list)
+    """Trials that failed in this command's sweep (left out of the statistics)."""
+
+    def to_json(self, path: Path) -> None:
+        problem = self.problem()
+        if problem is not None:
+            raise ValueError(f"not writing an invalid compare JSON: {problem}")
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, path: Path) -> ArmsCompareResult:
+        data = read_json(path, "compare JSON")
+        out = _from_dict(cls, data, path, "compare JSON")
+        try:
+            out.arms = [ArmSummary(**{**a, "per_seed": [SeedSummary(**s) for s in a["per_seed"]],
+                                      "stats": {k: MeanCI(**v) for k, v in a["stats"].items()}})
+                        for a in data["arms"]]
+            out.difference = ArmsDifference(**data["difference"])
+        except (TypeError, KeyError, AttributeError) as err:
+            raise FetchRLError(f"compare JSON {path} has a malformed arm or difference block ({err})") from None
+        problem = out.problem()
+        if problem is not None:
+            raise FetchRLError(f"compare JSON {path} is invalid: {problem}; run compare again to rewrite it")
+        return out
+
+    def problem(self) -> str | None:
+        """The first impossible or inconsistent value, or None; the verdict must follow from the CI."""
+        if len(self.arms) != 2:
+            return f"expected 2 arms (treatment, control), got {len(self.arms)}"
+        if self.verdict not in CLAIM_VERDICTS:
+            return f"verdict must be one of {', '.join(CLAIM_VERDICTS)}, got {self.verdict!r}"
+        for arm in self.arms:
+            if set(arm.stats) != set(ARM_METRIC_BOUNDS):
+                return f"arm {arm.algo} stats must have {', '.join(ARM_METRIC_BOUNDS)}, got {sorted(arm.stats)}"
+            for name, bounds in ARM_METRIC_BOUNDS.items():
+                problem = arm.stats[name].problem(f"arm {arm.algo} {name}", bounds)
+                if problem is not None:
+                    return problem
+                values = [getattr(s, name) for s in arm.per_seed]
+                if len(values) != arm.stats[name].n or not math.isclose(
+                        sum(values) / max(1, len(values)), arm.stats[name].mean, rel_tol=AGGREGATE_RTOL, abs_tol=1e-9):
+                    return f"arm {arm.algo} {name} mean disagrees with its per_seed rows"
+        d = self.difference
+        problem = _number_problem("difference_pp", d.difference_pp, Bounds(low=-100, high=100))
+        if problem is not None:
+            return problem
+        expected = 100 * (self.arms[0].stats["success_rate"].mean - self.arms[1].stats["success_rate"].mean)
+        if not math.isclose(d.difference_pp, expected, rel_tol=1e-6, abs_tol=1e-6):
+            return f"difference_pp {d.difference_pp!r} is not the arms' success difference ({expected!r} pp)"
+        if d.ci_pp is not None and not (isinstance(d.ci_pp, list) and len(d.ci_pp) == 2
+                                        and d.ci_pp[0] <= d.difference_pp <= d.ci_pp[1]):
+            return f"difference ci_pp must be [low, high] around {d.difference_pp!r}, got {d.ci_pp!r}"
+        if self.verdict != claim_verdict(d.ci_pp, self.claim_threshold_pp):
+            return (f"verdict {self.verdict!r} does not follow from the CI {d.ci_pp!r} and the bar "
+                    f"{self.claim_threshold_pp!r} pp")
+        return None
+
+
+def claim_verdict(ci_pp: Sequence[float] | None, threshold_pp: float) -> str:
+    """The claim "difference > threshold" judged by a 95 % CI: PASS when the whole CI is above the bar,
+    FAIL (refuted) when it is wholly below, inconclusive when it straddles the bar or was not measured."""
+    if ci_pp is None:
+        return "inconclusive"
+    if ci_pp[0] > threshold_pp:
+        return "PASS"
+    if ci_pp[1] < threshold_pp:
+        return "FAIL"
+    return "inconclusive"

@@ -209,15 +209,23 @@ def _sweep_options(chapter: Chapter) -> _Parser:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    """The run the flags describe: the chapter's (arm's) defaults for the task, then every flag given."""
+    """The run the flags describe: the chapter's (arm's) defaults for the task, then every flag given.
+
+    A flag only the treatment arm has (ch04: ``--n-sampled-goal``), given for the control arm, is refused.
+    """
     chapter = _chapter(args)
-    base = chapter.defaults_for(args.env_id)
-    hyperparameters = {f.name: getattr(args, f.name) for f in base.algo.tunable_fields()}
-    hyperparameters = {k: v for k, v in hyperparameters.items() if v is not None}
     treatment: Chapter = args.chapter
     for name in sorted(_treatment_only(treatment)):
         if chapter is not treatment and getattr(args, name) != getattr(treatment.defaults.algo, name):
             raise FetchRLError(f"{flag_name(name)} is a setting of the --her arm; add --her or drop it")
+    return _arm_config(args, chapter)
+
+
+def _arm_config(args: argparse.Namespace, chapter: Chapter) -> TrainConfig:
+    """The run of ``chapter`` (an arm) the flags describe: its defaults for the task, then every flag it has."""
+    base = chapter.defaults_for(args.env_id)
+    hyperparameters = {f.name: getattr(args, f.name) for f in base.algo.tunable_fields()}
+    hyperparameters = {k: v for k, v in hyperparameters.items() if v is not None}
     return base.replace(
         seed=args.seed, total_steps=base.total_steps if args.total_steps is None else args.total_steps,
         n_envs=args.n_envs, device=args.device, deterministic_torch=args.deterministic,
@@ -367,6 +375,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print("\n".join(summary_lines(result)))
     print(f"-> {out_json}, {out_png}")
     return 0 if all(r.passed for r in result.runs) else 1
+
+
+def cmd_compare_arms(args: argparse.Namespace) -> int:
+    from fetchrl.analysis.her_compare import ArmInput
+    from fetchrl.workflows import compare_arms
+
+    treatment: Chapter = args.chapter
+    assert treatment.control is not None  # the command is this chapter's only when it has a control arm
+    arms = (treatment, treatment.control)
+    configs = [_arm_config(args, arm) for arm in arms]  # HER-only flags apply to the HER arm
+    titles = (treatment.algorithm.title, f"{treatment.control.algorithm.title} (control)")
+    inputs = [ArmInput(arm.names_for(args.env_id), title, cfg.total_steps)
+              for arm, title, cfg in zip(arms, titles, configs, strict=True)]
+    return compare_arms(configs, inputs, _eval_config(args), list(range(args.seeds)), args.root,
+                        chapter=treatment.id, backend=args.backend, workers=args.workers,
+                        ray_address=args.ray_address, progress=not args.no_progress)
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
@@ -552,6 +576,22 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+#: What a command is in a chapter with a control arm (ch04), where it differs: ``compare`` sets the two
+#: arms side by side over seeds (training what is missing) instead of this chapter beside the previous one.
+ARM_COMMANDS: dict[str, Command] = {
+    "compare": Command(cmd_compare_arms, "{algo} vs its control arm over seeds 0..N-1 (missing trials trained "
+                       "first): success per arm (mean, Student-t CI), the difference's Welch CI and the chapter's "
+                       "> 50 pp claim -> JSON + plot (exit 0 when the claim passes)", ("run", "train", "eval", "sweep")),
+}
+
+
+def command_for(chapter: Chapter, name: str) -> Command:
+    """The command ``name`` as ``chapter`` offers it (a chapter with a control arm has its own ``compare``)."""
+    if chapter.control is not None and name in ARM_COMMANDS:
+        return ARM_COMMANDS[name]
+    return COMMANDS[name]
+
+
 # ============================================================================ parser
 def add_chapter_commands(parser: argparse.ArgumentParser, chapter: Chapter) -> None:
     """Give ``parser`` one subcommand per command the chapter offers, with the chapter's defaults."""
@@ -561,7 +601,7 @@ def add_chapter_commands(parser: argparse.ArgumentParser, chapter: Chapter) -> N
     parser.set_defaults(chapter=chapter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in chapter.commands:
-        command = COMMANDS[name]
+        command = command_for(chapter, name)
         help_ = command.help.format(**words)
         p = sub.add_parser(name, help=help_, description=help_,
                            parents=[shared[o] for o in command.options])
@@ -595,7 +635,7 @@ def build_fetchrl_parser() -> argparse.ArgumentParser:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Fail before any work (and before worker processes start) on an unknown env id or an unusable --root."""
-    command = COMMANDS[args.command]
+    command = command_for(args.chapter, args.command)
     if command.writes:
         existing = args.root
         while not existing.exists() and existing != existing.parent:

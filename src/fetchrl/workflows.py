@@ -21,6 +21,7 @@ from fetchrl.runtime import Runtime
 
 if TYPE_CHECKING:  # heavy (torch, SB3): imported where it is used
     from fetchrl.analysis.findings import Diagnosis
+    from fetchrl.analysis.her_compare import ArmInput
     from fetchrl.pipeline.train import CommandLine
     from fetchrl.sweep.plan import GridValue, SweepPlan
 
@@ -152,11 +153,18 @@ class RunOptions(TypedDict):
 def _run_plan(plan: SweepPlan, *, backend: str, workers: int | None, ray_address: str | None,
               progress: bool) -> dict[str, list[int]]:
     """Run a SweepPlan; returns the failed seeds per configuration tag."""
+    return _run_plans([plan], backend=backend, workers=workers, ray_address=ray_address, progress=progress)
+
+
+def _run_plans(plans: Sequence[SweepPlan], *, backend: str, workers: int | None, ray_address: str | None,
+               progress: bool) -> dict[str, list[int]]:
+    """Run the trials of several SweepPlans in one sweep (one worker pool, one progress display); returns the
+    failed seeds per configuration tag (tags must differ across the plans)."""
     from fetchrl.sweep.base import run_trials
 
-    outcomes = run_trials(plan.trials(), backend=backend, workers=workers, ray_address=ray_address,
-                          progress=progress)
-    failed: dict[str, list[int]] = {tag: [] for tag in plan.configs}
+    outcomes = run_trials([t for plan in plans for t in plan.trials()], backend=backend, workers=workers,
+                          ray_address=ray_address, progress=progress)
+    failed: dict[str, list[int]] = {tag: [] for plan in plans for tag in plan.configs}
     for o in outcomes:
         if not o.ok:
             failed[o.trial.tag].append(o.trial.config.seed)
@@ -200,7 +208,7 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
 
     ``names``: the chapter's artifact names (default chapter 2's).
     """
-    from fetchrl.analysis.plots import plot_multi_seed
+    from fetchrl.analysis.plots import curves_of, plot_multi_seed
     from fetchrl.sweep.aggregate import SEED_METRICS
     from fetchrl.sweep.plan import SweepPlan
 
@@ -217,9 +225,47 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
     console.print(f"robustness (success std < {ROBUST_SUCCESS_STD:.0%}): {verdict}")
     logdirs = {s: RunPaths(config.env_id, s, root, names).tb_dir for s in agg.seeds}
     png = _plot_or_none(plot_multi_seed, logdirs, artifacts.multi_seed_plot_path(root, names),
-                        final_scores={k: [getattr(s, k) for s in agg.per_seed] for k in SEED_METRICS})
+                        final_scores={k: [getattr(s, k) for s in agg.per_seed] for k in SEED_METRICS},
+                        curves=curves_of(config.algorithm.on_policy), algo_title=config.algorithm.title)
     print_outputs({"aggregate": out, "plot": png})
     return 0 if robust and not failed["default"] else 1
+
+
+def compare_arms(configs: Sequence[TrainConfig], arms: Sequence[ArmInput], eval_config: EvalConfig,
+                 seeds: Sequence[int], root: Path, *, chapter: str, **kw: Unpack[RunOptions]) -> int:
+    """Chapter 4's compare: the treatment and control arms over ``seeds``, then the claim's verdict.
+
+    Every trial not yet complete (each arm's multi-seed run: the chapter's own paths under ``root``) is
+    trained and evaluated first, both arms in one sweep; finished trials are skipped and a failed one is
+    retried once, as in ``multi-seed``. Then both arms' eval JSONs are read back
+    (:func:`fetchrl.analysis.her_compare.compare_arms`), the JSON and the plot written.
+
+    ``configs``, ``arms``: [treatment, control], each arm's run and its artifact names.
+    Returns 0 when the claim's verdict is PASS, 1 otherwise (inconclusive, refuted, or a failed trial).
+    """
+    from fetchrl.analysis import her_compare
+    from fetchrl.sweep.plan import SweepPlan
+    from fetchrl.sweep.trials import is_complete
+
+    if len(configs) != 2 or len(arms) != 2:
+        raise ValueError("compare_arms needs exactly two arms: [treatment, control]")
+    plans = [SweepPlan("multi_seed", cfg, eval_config, list(seeds), {arm.names.algo: {}}, root, arm.names)
+             for cfg, arm in zip(configs, arms, strict=True)]
+    failed = _run_plans(plans, **kw)
+    complete = {arm.names.algo: [t.config.seed for t in plan.trials() if is_complete(t)]
+                for plan, arm in zip(plans, arms, strict=True)}
+    failed_names = [f"{tag}/seed{s}" for tag, ss in failed.items() for s in ss]
+    env_id = configs[0].env_id
+    result = her_compare.compare_arms(arms[0], arms[1], env_id, complete, root, chapter=chapter,
+                                      n_eval_episodes=eval_config.n_episodes, failed_trials=failed_names)
+    out = artifacts.arms_compare_json_path(env_id, root, arms[0].names)
+    result.to_json(out)
+    for line in her_compare.summary_lines(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    png = _plot_or_none(her_compare.plot_arms, result, root, [a.names for a in arms],
+                        artifacts.arms_compare_plot_path(env_id, root, arms[0].names))
+    print_outputs({"compare": out, "plot": png})
+    return 0 if result.verdict == "PASS" and not failed_names else 1
 
 
 def _training_means(logdirs: list[Path]) -> dict[str, float]:
@@ -287,15 +333,17 @@ def answer_ablation(settings: list[SettingSummary]) -> dict[str, str]:
 
 
 def _print_settings(title: str, settings: list[SettingSummary]) -> None:
-    table = new_table(title, ("setting", "seeds", "success", "return", "final dist (m)", "clip_fraction",
-                              "approx_kl"))
+    ppo = any(s.training for s in settings)  # PPO's training means; an off-policy run has none to show
+    table = new_table(title, ("setting", "seeds", "success", "return", "final dist (m)")
+                      + (("clip_fraction", "approx_kl") if ppo else ()))
     for s in settings:
         agg = s.aggregate
+        training = (f"{s.training.get('clip_fraction_mean', float('nan')):.3f}",
+                    f"{s.training.get('approx_kl_mean', float('nan')):.4f}") if ppo else ()
         table.add_row(
             s.tag, str(len(agg.seeds)),
             _spread(agg, "success_rate", ".3f"), _spread(agg, "return", ".2f"), _spread(agg, "final_distance", ".4f"),
-            f"{s.training.get('clip_fraction_mean', float('nan')):.3f}",
-            f"{s.training.get('approx_kl_mean', float('nan')):.4f}",
+            *training,
         )
     console.print(table)
 
@@ -315,7 +363,7 @@ def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], v
            names: ArtifactNames = DEFAULT_NAMES, **kw: Unpack[RunOptions]) -> int:
     """An ablation exercise: every ``param`` setting x seeds (exercise 2.4: clip_range; chapter 4's
     experiment 3: n_sampled_goal); PPO's clip ablation answers the exercise's three questions."""
-    from fetchrl.analysis.plots import plot_ablation
+    from fetchrl.analysis.plots import curves_of, plot_ablation
     from fetchrl.sweep.plan import check_distinct
 
     check_distinct(flag, values)  # as sweep's --grid does: nothing is dropped silently
@@ -333,7 +381,8 @@ def ablate(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], v
         console.print(f"[bold]{question}[/]: {answer}")
     groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root), names).tb_dir for seed in s.aggregate.seeds]
               for s in settings}
-    png = _plot_or_none(plot_ablation, groups, artifacts.ablation_plot_path(param, root, names))
+    png = _plot_or_none(plot_ablation, groups, artifacts.ablation_plot_path(param, root, names),
+                        curves=curves_of(config.algorithm.on_policy))
     print_outputs({"ablation": out, "plot": png})
     return 1 if any_failed else 0
 
@@ -353,31 +402,39 @@ def answer_generic(param: str, settings: list[SettingSummary]) -> dict[str, str]
 
 
 def sweep(name: str, config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int],
-          grid: dict[str, list[GridValue]], root: Path, **kw: Unpack[RunOptions]) -> int:
-    """A grid over seeds x hyper-parameters; one aggregate per configuration plus a summary JSON."""
-    from fetchrl.analysis.plots import plot_ablation
+          grid: dict[str, list[GridValue]], root: Path, names: ArtifactNames = DEFAULT_NAMES,
+          **kw: Unpack[RunOptions]) -> int:
+    """A grid over seeds x hyper-parameters; one aggregate per configuration plus a summary JSON.
 
-    plan, settings, any_failed = _run_grid(name, config, eval_config, seeds, grid, root, **kw)
+    ``names``: the chapter's artifact names (default chapter 2's).
+    """
+    from fetchrl.analysis.plots import curves_of, plot_ablation
+
+    plan, settings, any_failed = _run_grid(name, config, eval_config, seeds, grid, root, names=names, **kw)
     for s in settings:
-        s.aggregate.to_json(artifacts.multi_seed_aggregate_path(Path(s.root)))
+        s.aggregate.to_json(artifacts.multi_seed_aggregate_path(Path(s.root), names))
     summary = SweepSummary(artifacts.now_iso(), name, config.env_id, list(seeds), config.total_steps, grid, settings)
-    out = artifacts.sweep_summary_path(name, root)
+    out = artifacts.sweep_summary_path(name, root, names)
     summary.to_json(out)
     _print_settings(f"sweep {name}", settings)
-    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root)).tb_dir for seed in s.aggregate.seeds]
+    groups = {s.tag: [RunPaths(config.env_id, seed, Path(s.root), names).tb_dir for seed in s.aggregate.seeds]
               for s in settings}
-    png = _plot_or_none(plot_ablation, groups, artifacts.sweep_plot_path(name, root))
+    png = _plot_or_none(plot_ablation, groups, artifacts.sweep_plot_path(name, root, names),
+                        curves=curves_of(config.algorithm.on_policy))
     print_outputs({"sweep": out, "plot": png})
     return 1 if any_failed else 0
 
 
 def plot(paths: RunPaths, *, seeds: int | None = None) -> int:
-    from fetchrl.analysis.plots import plot_multi_seed, plot_run
+    from fetchrl.analysis.plots import curves_of, plot_multi_seed, plot_run
+    from fetchrl.config import algorithm_named
 
     out = [plot_run(paths.tb_dir, paths.curves_png, algo=paths.names.algo)]
     if seeds:
-        logdirs = {s: RunPaths(paths.env_id, s, paths.root).tb_dir for s in range(seeds)}
-        out.append(plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(paths.root)))
+        algorithm = algorithm_named(paths.names.algo)
+        logdirs = {s: RunPaths(paths.env_id, s, paths.root, paths.names).tb_dir for s in range(seeds)}
+        out.append(plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(paths.root, paths.names),
+                                   curves=curves_of(algorithm.on_policy), algo_title=algorithm.title))
     console.print("plots: " + ", ".join(str(p) for p in out), markup=False, highlight=False, soft_wrap=True)
     return 0
 

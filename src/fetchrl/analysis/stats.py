@@ -1,8 +1,10 @@
-"""Across-seed statistics: mean ± sample std (the chapter) and rliable's IQM with 95 % stratified
-bootstrap confidence intervals (Agarwal et al., 2021, "Deep RL at the Edge of the Statistical Precipice")."""
+"""Across-seed statistics: mean ± sample std (the chapter), rliable's IQM with 95 % stratified
+bootstrap confidence intervals (Agarwal et al., 2021, "Deep RL at the Edge of the Statistical Precipice"),
+and the Student-t interval of a mean and Welch's interval of a difference of means (chapter 4's compare)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -51,3 +53,48 @@ def rliable_summary(per_metric: Mapping[str, Sequence[float]], *, reps: int = 20
             "n_runs": int(scores.shape[0]),
         }
     return out
+
+
+#: Confidence of every interval the arms compare reports.
+CONFIDENCE = 0.95
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float | None,
+                                                                                  tuple[float, float] | None]:
+    """Mean, sample std and the Student-t confidence interval of the mean over seeds.
+
+    ``mean ± t_{(1+c)/2, n-1} · s / sqrt(n)``. One seed: std and interval are None (not measured).
+    """
+    from scipy import stats  # rliable's dependency; imported here, where it is used
+
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("no values")
+    mean = float(arr.mean())
+    if arr.size < 2:
+        return mean, None, None
+    std = float(arr.std(ddof=1))
+    half = float(stats.t.ppf((1 + confidence) / 2, arr.size - 1)) * std / math.sqrt(arr.size)
+    return mean, std, (mean - half, mean + half)
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> tuple[
+        float, tuple[float, float] | None, float | None]:
+    """``mean(a) - mean(b)``, its Welch-t confidence interval and the Welch–Satterthwaite degrees of freedom.
+
+    Unequal variances allowed (two arms need not be equally noisy). An arm with one value: no interval
+    (None, None). Both arms without any spread: the interval is the point itself and df None.
+    """
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return diff, None, None
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se2 = float(vx + vy)
+    if se2 == 0.0:
+        return diff, (diff, diff), None
+    df = se2**2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    half = float(stats.t.ppf((1 + confidence) / 2, df)) * math.sqrt(se2)
+    return diff, (diff - half, diff + half), float(df)

@@ -12,6 +12,13 @@ Where artifacts land — always on the driver:
   what the local backend writes (the ``checkpoint`` fields of the meta and eval JSON name the
   driver's path). The cost is shipping a few hundred kB per trial through Ray's object store.
 
+Resume: a trial that holds an interrupted (or finished but unevaluated) run on the driver — its
+checkpoint, meta JSON, an off-policy run's replay buffer (``.replay_buffer.pkl``, which the checkpoint
+names by digest) and TensorBoard logs, and the same of its ``.partial`` run — gets those files shipped
+into the task's temp root first (:func:`resume_files`), so the task continues it exactly as the local
+backend would (:func:`fetchrl.pipeline.train.train_or_resume`) instead of starting over; the driver's
+files of the run that the task's result no longer has (a partial run it promoted) are removed.
+
 Retries: a task is attempted at most twice whatever went wrong — an exception in the trial comes
 back as a failed attempt, a dead worker or node as a Ray error — exactly like the local backend
 (Ray's own ``max_retries`` is 0 so the two retry counts do not multiply).
@@ -42,7 +49,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Protocol
 
-from fetchrl.artifacts import atomic_write_bytes, read_json, write_json
+from fetchrl.artifacts import RunPaths, atomic_write_bytes, read_json, write_json
 from fetchrl.errors import FetchRLError
 from fetchrl.sweep.base import Runner, register_backend
 from fetchrl.sweep.ledger import TrialLedger
@@ -123,11 +130,18 @@ def _pack(local: Trial, trial: Trial) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def run_trial_task(trial: Trial, threads: int, env: Mapping[str, str]) -> TaskResult:
-    """Body of the Ray task: run ``trial`` in a node-local temp root; return its files as bytes."""
+def run_trial_task(trial: Trial, threads: int, env: Mapping[str, str],
+                   state: Mapping[str, bytes] | None = None) -> TaskResult:
+    """Body of the Ray task: run ``trial`` in a node-local temp root; return its files as bytes.
+
+    ``state``: the driver's run of the trial to continue (:func:`resume_files`), written into the temp
+    root before the trial runs.
+    """
     with _forwarded_env(env), tempfile.TemporaryDirectory(prefix="fetchrl-trial-") as tmp:
         worker_init(threads)  # inside: it sets FETCHRL_ENV_THREADS, which _forwarded_env restores after
         local = dataclasses.replace(trial, root=Path(tmp))
+        for rel, data in (state or {}).items():
+            atomic_write_bytes(Path(tmp) / rel, data)
         ok, error, seconds = run_trial_in_worker(local)
         files: dict[str, bytes] = {}
         if ok:
@@ -139,18 +153,47 @@ def run_trial_task(trial: Trial, threads: int, env: Mapping[str, str]) -> TaskRe
 
 
 # ============================================================================ on the driver
+def _run_files(paths: RunPaths) -> list[Path]:
+    """A run's own files: checkpoint, meta, replay buffer (when it has one), every file of its TensorBoard dir."""
+    logs = sorted(f for f in paths.tb_dir.rglob("*") if f.is_file()) if paths.tb_dir.is_dir() else []
+    return [f for f in (paths.checkpoint, paths.meta, paths.replay_buffer) if f.is_file()] + logs
+
+
+def resume_files(trial: Trial) -> dict[str, bytes]:
+    """The driver's run of ``trial`` to continue in the task, ``{path relative to the trial root: bytes}``:
+    its checkpoint, meta, replay buffer and logs, and those of its ``.partial`` run; ``{}`` when it has
+    no checkpoint here (the task then trains from scratch). The task decides, as ``train_or_resume``
+    does, whether they are continued, reused (a finished run of the trial's config) or replaced."""
+    root = Path(trial.root)
+    out: dict[str, bytes] = {}
+    for paths in (trial.paths, trial.paths.partial):
+        if paths.checkpoint.is_file():
+            out |= {f.relative_to(root).as_posix(): f.read_bytes() for f in _run_files(paths)}
+    return out
+
+
 def write_trial_files(trial: Trial, files: Mapping[str, bytes]) -> None:
-    """Write a task's files under ``trial.root``: a fresh TensorBoard dir, meta then eval JSON last."""
+    """Write a task's files under ``trial.root``: a fresh TensorBoard dir, meta then eval JSON last; then
+    remove what the task's result no longer holds of the run (a partial run it continued and promoted)."""
     paths = trial.paths
     root = Path(trial.root)
     last = [paths.meta.relative_to(root).as_posix(), paths.eval_json.relative_to(root).as_posix()]
     missing = [rel for rel in last if rel not in files]
     if missing:
         raise FetchRLError(f"trial {trial.name} returned no {', '.join(missing)}")
+    partial = paths.partial
+    stale = [f for f in (partial.checkpoint, partial.meta, partial.replay_buffer, paths.replay_buffer)
+             if f.is_file() and f.relative_to(root).as_posix() not in files]
+    partial_logs = f"{partial.tb_dir.relative_to(root).as_posix()}/"
+    stale_logs = partial.tb_dir.is_dir() and not any(rel.startswith(partial_logs) for rel in files)
     if paths.tb_dir.exists():  # a rerun replaces the seed's logs, as train() does
         shutil.rmtree(paths.tb_dir)
     for rel in sorted(files, key=lambda r: last.index(r) + 1 if r in last else 0):
         atomic_write_bytes(root / rel, files[rel])
+    for f in stale:  # after the new run is whole on disk: a crash before here loses nothing
+        f.unlink(missing_ok=True)
+    if stale_logs:
+        shutil.rmtree(partial.tb_dir, ignore_errors=True)
 
 
 def _collect(ray: ModuleType, ref: object, trial: Trial) -> Attempt:
@@ -294,7 +337,7 @@ def make_ray_runner(ray_address: str | None = None, *, cpus_per_trial: int = 1) 
                 while queue and len(pending) < _slots(ray, workers, cpus_per_trial):
                     i = queue.popleft()
                     ledger.start(i)
-                    pending[task.remote(trials[i], cpus_per_trial, env)] = i
+                    pending[task.remote(trials[i], cpus_per_trial, env, resume_files(trials[i]))] = i
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                 for ref in ready:
                     i = pending.pop(ref)

@@ -1,14 +1,20 @@
 """Trials (one seed of one configuration), the completeness check, and what a worker runs per attempt.
 
-Test hook: ``FETCHRL_FAIL_TRIAL="tag/seedN [pattern ...]"`` (whitespace-separated shell-style
-patterns matched against :attr:`Trial.name`; tags contain commas) makes those trials raise inside
-the worker, on every attempt, before training. The Ray backend forwards it to its workers.
+Test hooks (the Ray backend forwards both to its workers):
+
+- ``FETCHRL_FAIL_TRIAL="tag/seedN [pattern ...]"`` (whitespace-separated shell-style patterns matched
+  against :attr:`Trial.name`; tags contain commas) makes those trials raise inside the worker, on every
+  attempt, before training;
+- ``FETCHRL_KILL_TRIAL="DIR pattern [pattern ...]"`` makes the worker of a matching trial kill itself
+  with SIGKILL (a dead worker, as the OOM killer leaves one) before training, on its first attempt
+  only: the attempt leaves a marker file in the existing directory DIR, so the retry runs.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,6 +27,8 @@ from fetchrl.errors import FetchRLError
 
 #: Test hook read by the worker: whitespace-separated patterns of trial names made to fail.
 FAIL_TRIAL_ENV = "FETCHRL_FAIL_TRIAL"
+#: Test hook read by the worker: a marker directory, then patterns of trial names whose first attempt dies.
+KILL_TRIAL_ENV = "FETCHRL_KILL_TRIAL"
 
 
 @dataclass(frozen=True)
@@ -122,10 +130,23 @@ def _injected_failure(trial: Trial) -> None:
         raise RuntimeError(f"injected failure for {trial.name} ({FAIL_TRIAL_ENV} test hook)")
 
 
+def _injected_death(trial: Trial) -> None:
+    """The :data:`KILL_TRIAL_ENV` test hook: SIGKILL this worker on the first attempt of the trials it names."""
+    marker_dir, *patterns = os.environ.get(KILL_TRIAL_ENV, "").split() or [""]
+    if not any(fnmatch.fnmatchcase(trial.name, p) for p in patterns):
+        return
+    marker = Path(marker_dir) / f"killed_{trial.name.replace('/', '_')}"
+    if marker.exists():
+        return
+    marker.write_text(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_trial_in_worker(trial: Trial) -> Attempt:
     """Run one attempt and never raise: every backend's worker calls this."""
     t0 = time.perf_counter()
     try:
+        _injected_death(trial)
         _injected_failure(trial)
         run_trial(trial)
         return Attempt(True, "", time.perf_counter() - t0)
