@@ -251,6 +251,22 @@ def test_push_report_has_both_criteria_and_says_what_the_distance_is(push: tuple
     assert "random policy" in report and "zero policy" in report
 
 
+def test_push_html_report_names_the_arm_the_task_and_the_distance(push: tuple[Path, dict[str, int]]) -> None:
+    from fetchrl.analysis.html_report import write_html_report
+
+    root, _ = push
+    paths = CH04.paths(PUSH, 0, root)
+    out = write_html_report(paths, result=EvalResult.from_json(paths.eval_json), baselines=[],
+                            meta=TrainMeta.from_json(paths.meta), diagnosis=None, curves_png=None, gif=paths.video_gif,
+                            criteria=CH04.criteria_for(PUSH))
+    assert out == root / "results" / "ch04_sac_her_fetchpush-v4_seed0_report.html"
+    page = out.read_text()
+    assert "Chapter 4 report: SAC + HER on FetchPush-v4, seed 0" in page
+    assert "success rate &gt;= 90% and mean final distance &lt; 0.05 m" in page
+    assert "Final distance on FetchPush-v4 is the object-to-goal distance at the episode&#x27;s end" in page
+    assert 'alt="video of the trained policy with the object-to-goal distance"' in page
+
+
 def test_push_baselines_score_the_objects_distance() -> None:
     """Random and zero-action baselines run on Push; the motionless arm leaves the object where it starts, so
     its final distance is the object's initial distance to the goal (the gripper's would be another number)."""
