@@ -156,6 +156,18 @@ def test_her_arm_all_writes_eval_report_video_and_html(reach_her: tuple[Path, in
     assert not list(root.rglob(".*"))  # no temp file (atomic writes) and no lock left behind
 
 
+def test_her_arm_hints_keep_her(reach_her: tuple[Path, int], capsys: pytest.CaptureFixture[str]) -> None:
+    """A second ``train --her`` over the finished run is refused with a command that retrains the same arm."""
+    root, _ = reach_her
+    before = (root / "checkpoints" / "sac_her_FetchReach-v4_seed0.zip").read_bytes()
+    code = _run(["train", "--her", "--env", REACH, "--root", str(root), "--no-progress", *REACH_STEPS])
+    err = capsys.readouterr().err
+    assert code != 0 and "holds a finished run (1500 steps)" in err
+    assert f"python scripts/ch04_her_sparse_reach_push.py train --her --force --seed 0 --total-steps 1500 " \
+           f"--root {root} --n-envs 2 --buffer-size 5000" in err
+    assert (root / "checkpoints" / "sac_her_FetchReach-v4_seed0.zip").read_bytes() == before
+
+
 def test_control_arm_commands(reach_control: tuple[Path, dict[str, int]]) -> None:
     from stable_baselines3 import HerReplayBuffer
 

@@ -259,7 +259,7 @@ def _command_line(args: argparse.Namespace) -> CommandLine:
     from fetchrl.pipeline.train import CommandLine
 
     chapter = _chapter(args)
-    return CommandLine(chapter.script, chapter.defaults)
+    return CommandLine(chapter.script, chapter.defaults, ("--her",) if chapter.control is not None else ())
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -101,11 +101,13 @@ class CommandLine:
     """The chapter's script, as typed from the repository root: ``"scripts/ch02_ppo_dense_reach.py"``."""
     defaults: TrainConfig
     """The chapter's defaults (its CLI's defaults)."""
+    arm: tuple[str, ...] = ()
+    """The switch that picks the run's arm, in every command (ch04's treatment: ``("--her",)``)."""
 
     def train(self, config: TrainConfig, paths: RunPaths, *flags: str) -> str:
-        """``python SCRIPT train FLAGS --seed S --total-steps N [options that differ]``, shell-quoted."""
+        """``python SCRIPT train [ARM] FLAGS --seed S --total-steps N [options that differ]``, shell-quoted."""
         d = self.defaults
-        parts = ["python", self.script, "train", *flags, "--seed", str(config.seed),
+        parts = ["python", self.script, "train", *self.arm, *flags, "--seed", str(config.seed),
                  "--total-steps", str(config.total_steps)]
         if config.env_id != d.env_id:
             parts += ["--env-id", config.env_id]
