@@ -43,7 +43,8 @@ from fetchrl.chapters.ch04 import CHAPTER, NO_HER
 from fetchrl.config import EvalConfig
 from fetchrl.errors import FetchRLError
 from fetchrl.pipeline.callbacks import FinalLogCallback
-from fetchrl.sweep.trials import KILL_TRIAL_ENV
+from fetchrl.sweep.ray import resume_files, write_trial_files
+from fetchrl.sweep.trials import KILL_TRIAL_ENV, Trial
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "ch04_her_sparse_reach_push.py"
@@ -190,8 +191,9 @@ def _constructed(root: Path, her: list[float], no_her: list[float]) -> ArmsCompa
 @pytest.mark.parametrize(("her", "no_her", "verdict", "gap_small"), [
     ([1.0, 1.0, 0.9], [0.0, 0.1, 0.1], "PASS", False),          # the book's Push: 99 % vs 5 %
     ([1.0, 1.0, 1.0], [0.9, 1.0, 0.9], "FAIL", True),           # the book's sparse Reach: 100 % vs 96 %
+    ([0.3, 0.3, 0.4], [0.0, 0.0, 0.1], "FAIL", True),           # a real but smaller gap: 30 pp
     ([1.0, 0.3, 0.9], [0.1, 0.2, 0.0], "inconclusive", False),  # a 63 pp gap, too noisy to tell
-], ids=["push-like", "reach-like", "straddling"])
+], ids=["push-like", "reach-like", "below-the-bar", "straddling"])
 def test_verdict_follows_the_welch_interval(tmp_path: Path, her: list[float], no_her: list[float], verdict: str,
                                             gap_small: bool) -> None:
     result = _constructed(tmp_path, her, no_her)
@@ -208,9 +210,11 @@ def test_verdict_follows_the_welch_interval(tmp_path: Path, her: list[float], no
         lo, hi = _t_interval(rates)
         assert arm.stats["success_rate"].ci == pytest.approx([lo, hi])
         assert arm.stats["success_rate"].std == pytest.approx(np.std(rates, ddof=1))
-    if verdict == "FAIL":  # a small gap is said as such, never claimed as HER's effect
-        assert "gap is small" in result.answer and "refuted" in result.answer
-        assert "interval includes 0" in result.answer  # 100 % vs 93 %: the arms do not differ measurably
+    if verdict == "FAIL":  # a refuted claim and a small gap are said as such, never claimed as HER's effect
+        assert "refuted" in result.answer and "the whole interval is below 50 pp" in result.answer
+        small = d.difference_pp < 10
+        assert ("gap is small" in result.answer) is small
+        assert ("interval includes 0" in result.answer) is small  # 100 % vs 93 %: no measurable difference
     if verdict == "PASS":
         assert "holds" in result.answer and "small" not in result.answer
     if verdict == "inconclusive":
@@ -218,10 +222,11 @@ def test_verdict_follows_the_welch_interval(tmp_path: Path, her: list[float], no
 
 
 def test_one_seed_is_not_measured(tmp_path: Path) -> None:
-    result = _constructed(tmp_path, [1.0], [0.9])
+    result = _constructed(tmp_path, [1.0], [0.9])  # a 10 pp gap on one seed: below the bar, not small
     assert result.verdict == "inconclusive" and result.difference.ci_pp is None and result.difference.df is None
     assert all(a.stats["success_rate"].std is None and a.stats["success_rate"].ci is None for a in result.arms)
-    assert "not measured" in result.answer and "gap is small" in result.answer
+    assert "not measured" in result.answer and "the gap (+10.0 pp) is below 50 pp" in result.answer
+    assert "gap is small (+0.0 pp)" in _constructed(tmp_path, [0.9], [0.9]).answer
     lines = her_compare.summary_lines(result)
     assert any("not measured (one seed)" in line for line in lines)
 
@@ -268,6 +273,31 @@ def test_ablation_of_n_sampled_goal_on_tiny_runs(tmp_path: Path) -> None:
     assert "final_performance" in summary.answers
     assert (tmp_path / "results" / "ch04_ablation_n_sampled_goal.png").stat().st_size > 20_000  # SAC's curves
     assert "clip_fraction" not in proc.stdout  # PPO's columns are not shown for SAC
+
+
+def test_ray_driver_ships_the_interrupted_run_and_drops_what_the_result_replaced(tmp_path: Path) -> None:
+    """What the Ray driver sends a task (the run to continue) and what it removes once the task's files are written
+    (the partial run the task continued and promoted, a replay buffer of another checkpoint)."""
+    trial = Trial(CHAPTER.defaults_for(ENV_ID).replace(total_steps=1200), EvalConfig(n_episodes=3), tmp_path,
+                  names=CHAPTER.names_for(ENV_ID))
+    paths, partial = trial.paths, trial.paths.partial
+    assert resume_files(trial) == {}  # nothing on the driver: the task trains from scratch
+    for f in (paths.checkpoint, paths.meta, paths.replay_buffer, paths.tb_dir / "events.out.tfevents.1",
+              partial.checkpoint, partial.meta, partial.replay_buffer, partial.tb_dir / "events.out.tfevents.2"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(f.name.encode())
+    shipped = resume_files(trial)
+    rel = {f: f.relative_to(tmp_path).as_posix() for f in (paths.checkpoint, paths.replay_buffer, partial.replay_buffer,
+                                                              partial.tb_dir / "events.out.tfevents.2")}
+    assert len(shipped) == 8 and all(shipped[r] == f.name.encode() for f, r in rel.items())
+
+    result = {paths.checkpoint: b"new zip", paths.meta: b"{}", paths.eval_json: b"{}",
+              paths.tb_dir / "events.out.tfevents.3": b"ev"}
+    write_trial_files(trial, {f.relative_to(tmp_path).as_posix(): data for f, data in result.items()})
+    assert all(f.read_bytes() == data for f, data in result.items())
+    assert [p.name for p in paths.tb_dir.iterdir()] == ["events.out.tfevents.3"]  # the task's logs replace the old
+    assert not any(f.exists() for f in (partial.checkpoint, partial.meta, partial.replay_buffer, partial.tb_dir,
+                                        paths.replay_buffer))
 
 
 class _SignalAt(FinalLogCallback):

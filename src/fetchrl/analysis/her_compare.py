@@ -43,6 +43,8 @@ from fetchrl.errors import FetchRLError
 
 #: The chapter's claim: the treatment beats the control by more than this many percentage points.
 CLAIM_THRESHOLD_PP = 50.0
+#: A difference below this many percentage points is called small (the book's sparse Reach: 96 % vs 100 %).
+SMALL_GAP_PP = 10.0
 #: The method string recorded with the difference.
 WELCH = "Welch t, 95 % CI of the difference of means over seeds"
 #: Colours of the treatment and control arms in the figure.
@@ -92,8 +94,13 @@ def _ci_text(ci: Sequence[float] | None) -> str:
 
 def judge(treatment: ArmSummary, control: ArmSummary, env_id: str,
           threshold_pp: float = CLAIM_THRESHOLD_PP) -> tuple[ArmsDifference, str, bool, str]:
-    """The success difference (pp) with its Welch CI, the claim's verdict, whether the gap is small, and the
-    answer in words. A small gap is said as such: the CI (or, unmeasured, the difference) is below the bar."""
+    """The success difference (pp) with its Welch CI, the claim's verdict, whether the gap is below the bar, and
+    the answer in words.
+
+    ``gap_small``: the CI (or, unmeasured, the difference) lies below the bar. The answer never overclaims:
+    a refuted claim says the interval is below the bar, and a difference under :data:`SMALL_GAP_PP` is
+    called small in so many words (sparse Reach: both arms solve it).
+    """
     a = [100 * s.success_rate for s in treatment.per_seed]
     b = [100 * s.success_rate for s in control.per_seed]
     diff, ci, df = welch_interval(a, b)
@@ -103,16 +110,17 @@ def judge(treatment: ArmSummary, control: ArmSummary, env_id: str,
     claim = f"{treatment.title} − {control.title} > {threshold_pp:g} pp"
     head = (f"{treatment.title} − {control.title} = {_pp(diff)} success ({_ci_text(difference.ci_pp)}, "
             f"{len(a)} vs {len(b)} seeds) on {env_id}")
+    below = f"below {threshold_pp:g} pp"
+    size = f"the gap is small ({_pp(diff)})" if abs(diff) < SMALL_GAP_PP else f"the gap ({_pp(diff)}) is {below}"
     if ci is None:
         why = ("inconclusive — not measured: an arm has one seed, so there is no interval (use --seeds 3 or more)"
-               + (f"; on this one seed the gap is small ({_pp(diff)}), below {threshold_pp:g} pp" if gap_small else ""))
+               + (f"; on this one seed {size}" if gap_small else ""))
     elif verdict == "PASS":
         why = f"PASS — the whole interval is above {threshold_pp:g} pp: the claim \"{claim}\" holds on {env_id}"
     elif verdict == "FAIL":
         same = ci[0] <= 0.0 <= ci[1]
-        why = (f"FAIL — the claim \"{claim}\" is refuted on {env_id}: the gap is small, the whole interval is below "
-               f"{threshold_pp:g} pp" + ("; the arms do not differ measurably here (the interval includes 0)"
-                                         if same else ""))
+        why = (f"FAIL — the claim \"{claim}\" is refuted on {env_id}: the whole interval is {below}; {size}"
+               + ("; the arms do not differ measurably here (the interval includes 0)" if same else ""))
     else:
         why = (f"inconclusive — the interval straddles {threshold_pp:g} pp: more seeds (or longer runs) are needed to "
                "tell" + ("; the gap measured so far is below the bar" if diff < threshold_pp else ""))
