@@ -186,7 +186,8 @@ def _decorate(ax: Axes, tag: str, data: Sequence[np.ndarray]) -> None:
 def _draw_band(ax: Axes, grid: np.ndarray, values: np.ndarray, colour: str, label: str) -> None:
     mean, low, high = bootstrap_band(values)
     n = values.shape[0]
-    ax.plot(grid, mean, color=colour, lw=1.8, label=f"{label} (mean of {n})" if n > 1 else label)
+    ax.plot(grid, mean, color=colour, lw=1.8, marker="o" if grid.size <= 30 else None, ms=3,  # a short run: dots
+            label=f"{label} (mean of {n})" if n > 1 else label)
     if n > 1:
         ax.fill_between(grid, low, high, color=colour, alpha=0.22, lw=0)
 
@@ -342,6 +343,9 @@ def plot_sac_run(logdir: Path, out_png: Path, algo: str = "sac") -> Path:
             s = scalars[tag]
             ax.plot(s.steps, s.values, color="tab:blue", lw=1.6, marker="o" if s.steps.size <= 30 else None, ms=3)
             data = [s.values]
+            if her and tag == metrics.ENT_COEF:  # chapter 4's collapse line (the book's FetchPush: 0.005)
+                ax.axhline(diagnose.her.HER_ENT_COEF_COLLAPSE, color="tab:red", ls="--", lw=1,
+                           label=f"{_GUIDES[1]} ({diagnose.her.HER_ENT_COEF_COLLAPSE:g} while unsolved)")
         _decorate(ax, tag, data)
         for fid in rules.get(tag, ()):
             if findings[fid].severity == "warning":
