@@ -156,12 +156,13 @@ def _stat_text(stat: MeanCI, scale: float, unit: str, digits: int) -> str:
 def summary_lines(result: ArmsCompareResult) -> list[str]:
     """What the command prints: each arm's success, final distance and return, then the verdict."""
     lines = [f"{result.env_id}, seeds {', '.join(map(str, result.seeds))}, {result.n_eval_episodes} eval episodes each"]
+    width = max(len(arm.title) for arm in result.arms)
     for arm in result.arms:
         s = arm.stats
-        lines.append(f"  {arm.title:<12} success {_stat_text(s['success_rate'], 100, ' %', 1)}; "
+        lines.append(f"  {arm.title:<{width}} success {_stat_text(s['success_rate'], 100, ' %', 1)}; "
                      f"final distance {_stat_text(s['final_distance_mean'], 1000, ' mm', 1)}; "
                      f"return {_stat_text(s['return_mean'], 1, '', 2)}")
-        lines.append(f"  {'':<12} per seed: " + ", ".join(f"seed {p.seed} {p.success_rate:.0%}" for p in arm.per_seed))
+        lines.append(f"  {'':<{width}} per seed: " + ", ".join(f"seed {p.seed} {p.success_rate:.0%}" for p in arm.per_seed))
     if result.failed_trials:
         lines.append(f"  failed trials left out: {', '.join(result.failed_trials)}")
     lines.append(result.answer)
