@@ -30,8 +30,8 @@ from fetchrl.runtime import Runtime
 from fetchrl.tasks import checkenv, envs
 
 REACH, PUSH = "FetchReach-v4", "FetchPush-v4"
-#: Small buffer (a 1M-transition buffer would write a ~200 MB replay pickle per run), 2 envs, 2-3 episodes.
-TRAIN = ["--n-envs", "2", "--buffer-size", "5000"]
+#: Small buffer (a 1M-transition buffer would write a ~200 MB replay pickle per run), 4 envs (fewer updates), 2 episodes.
+TRAIN = ["--n-envs", "4", "--buffer-size", "5000"]
 REACH_STEPS = ["--total-steps", "1500", *TRAIN]
 PUSH_STEPS = ["--total-steps", "1200", *TRAIN]
 
@@ -164,7 +164,7 @@ def test_her_arm_hints_keep_her(reach_her: tuple[Path, int], capsys: pytest.Capt
     err = capsys.readouterr().err
     assert code != 0 and "holds a finished run (1500 steps)" in err
     assert f"python scripts/ch04_her_sparse_reach_push.py train --her --force --seed 0 --total-steps 1500 " \
-           f"--root {root} --n-envs 2 --buffer-size 5000" in err
+           f"--root {root} --n-envs 4 --buffer-size 5000" in err
     assert (root / "checkpoints" / "sac_her_FetchReach-v4_seed0.zip").read_bytes() == before
 
 
