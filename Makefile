@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-full clean
+.PHONY: run test lint bench bench-full bench-her clean
 
 # pip (not uv/poetry): only pip sees the CPU torch wheel that lies on disk.
 $(STAMP): pyproject.toml constraints.txt
@@ -30,6 +30,10 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(PY) bench/bench_speed.py --breakdown
+
+# Chapter 4: plain SB3 SAC + HerReplayBuffer vs the fast path, on FetchReach-v4 and FetchPush-v4.
+bench-her: $(STAMP)
+	$(PY) bench/bench_her.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
