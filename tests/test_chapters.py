@@ -19,6 +19,7 @@ from fetchrl.chapters import CHAPTERS
 from fetchrl.chapters.base import Ablation, Chapter
 from fetchrl.chapters.ch02 import CHAPTER as CH02
 from fetchrl.chapters.ch03 import CHAPTER as CH03
+from fetchrl.chapters.ch04 import CHAPTER as CH04
 from fetchrl.cli import build_fetchrl_parser, build_parser, fetchrl_main, main
 from fetchrl.config import HYPERPARAMETER_NAMES, Criterion, TrainConfig
 from fetchrl.errors import FetchRLError
@@ -75,7 +76,7 @@ def test_lower_layers_default_to_what_chapter_2_states() -> None:
     assert CH02.artifacts == artifacts.DEFAULT_NAMES
     assert CH02.defaults == TrainConfig()
     assert CH02.criteria == CHAPTER_CRITERIA
-    assert CHAPTERS == {"ch02": CH02, "ch03": CH03}
+    assert CHAPTERS == {"ch02": CH02, "ch03": CH03, "ch04": CH04}
 
 
 def test_chapter_2_hyperparameter_flags_are_generated_from_ppo_config() -> None:
