@@ -423,7 +423,8 @@ def _words(chapter: Chapter) -> dict[str, str]:
     baselines = [_BASELINE_WORDS[b] for b in chapter.baselines]
     words = {
         "algo": chapter.algorithm.title,
-        "n_criteria": _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n),
+        "n_criteria": ("criteria for the task" if chapter.env_criteria else
+                       f"{_NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else n} {'criterion' if n == 1 else 'criteria'}"),
         "baselines": " and ".join(baselines) if len(baselines) <= 2 else ", ".join(baselines),
         "grid_example": f"{chapter.defaults.algo.tunable_fields()[0].name}=...",
     }
@@ -552,7 +553,7 @@ COMMANDS: dict[str, Command] = {
                      ("run", "train"), _train_extras),
     "eval": Command(cmd_eval, "evaluate the seed's checkpoint on deterministic, seeded episodes -> eval JSON",
                     ("run", "eval")),
-    "report": Command(cmd_report, "PASS/FAIL against the chapter's {n_criteria} criteria (exit 0/1), beside "
+    "report": Command(cmd_report, "PASS/FAIL against the chapter's {n_criteria} (exit 0/1), beside "
                       "{baselines} baselines", ("run",)),
     "all": Command(cmd_all, "check-env, train, eval, report, diagnose, plots, video, HTML report",
                    ("run", "train", "eval"), _all_extras),

@@ -62,7 +62,7 @@ class TrainConfig:
     total_steps: int = 500_000
     """Environment steps to train for, summed over all parallel environments."""
     n_envs: int = 8
-    """Parallel environments; a PPO rollout holds n_steps * n_envs transitions."""
+    """Parallel environments (PPO: a rollout holds n_steps * n_envs transitions; SAC: n_envs per vector step)."""
     device: str = "cpu"
     """Torch device; SB3 recommends CPU for PPO with an MLP policy."""
     deterministic_torch: bool = False
