@@ -39,6 +39,40 @@ from fetchrl.algos.fastsac import FlatDictReplayBuffer, FlatSamples
 
 #: ``compute_reward(achieved_goal [N, G], desired_goal [N, G], infos) -> rewards [N]`` of a goal env.
 RewardFn = Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
+#: ``randint(low [N], high [N]) -> [N]``: NumPy's global ``np.random.randint`` (training's draws, SB3's) or a
+#: ``Generator.integers`` (a diagnostic's own draws).
+RandInt = Callable[[Any, Any], Any]
+
+
+def goal_rows(buffer: HerReplayBuffer, rows: np.ndarray, cols: np.ndarray, randint: RandInt) -> np.ndarray:
+    """[N] buffer rows whose next achieved goal relabels each transition (rows [N], env columns [N]):
+    ``HerReplayBuffer._sample_goals``'s arithmetic, for SB3's buffer or this module's. The position in the
+    episode is its last (final), uniform in ``[current, length)`` (future: the transition itself included,
+    as SB3's) or in ``[0, length)`` (episode), drawn with ``randint``; rows wrap around the buffer."""
+    start, length = buffer.ep_start[rows, cols], buffer.ep_length[rows, cols]
+    strategy = buffer.goal_selection_strategy
+    if strategy == GoalSelectionStrategy.FINAL:
+        in_episode = length - 1
+    elif strategy == GoalSelectionStrategy.FUTURE:
+        in_episode = randint((rows - start) % buffer.buffer_size, length)
+    elif strategy == GoalSelectionStrategy.EPISODE:
+        in_episode = randint(0, length)
+    else:
+        raise ValueError(f"Strategy {strategy} for sampling goals not supported!")
+    return np.asarray((in_episode + start) % buffer.buffer_size)
+
+
+def relabeled_rewards(buffer: HerReplayBuffer, achieved: np.ndarray, goals: np.ndarray) -> np.ndarray:
+    """[N] rewards of next achieved goals [N, G] for new goals [N, G], as the buffer computes them: its
+    in-process ``compute_reward_fn`` (:class:`FlatHerReplayBuffer` on fetchrl's path), else its VecEnv's
+    ``compute_reward`` through ``env_method`` (SB3's way). Not cast: SB3 casts to float32 after."""
+    infos: list[dict[str, Any]] = [{} for _ in range(len(goals))]
+    fn: RewardFn | None = getattr(buffer, "compute_reward_fn", None)
+    if fn is not None:
+        return np.asarray(fn(achieved, goals, infos))
+    if buffer.env is None:
+        raise ValueError("the HER buffer has neither compute_reward_fn nor a VecEnv to compute rewards")
+    return np.asarray(buffer.env.env_method("compute_reward", achieved, goals, infos, indices=[0])[0])
 
 
 class FlatHerReplayBuffer(FlatDictReplayBuffer, HerReplayBuffer):
@@ -132,31 +166,9 @@ class FlatHerReplayBuffer(FlatDictReplayBuffer, HerReplayBuffer):
         rows, cols = np.unravel_index(sampled, self.ep_length.shape)
         n_virtual = int(self.her_ratio * batch_size)
         v_rows, v_cols = rows[:n_virtual], cols[:n_virtual]
-        goals = self.next_achieved[self._goal_rows(v_rows, v_cols), v_cols]
-        rewards = self._rewards(self.next_achieved[v_rows, v_cols], goals)
+        goals = self.next_achieved[goal_rows(self, v_rows, v_cols, np.random.randint), v_cols]
+        rewards = relabeled_rewards(self, self.next_achieved[v_rows, v_cols], goals).astype(np.float32)
         return rows, cols, n_virtual, goals, rewards
-
-    def _goal_rows(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """``HerReplayBuffer._sample_goals``'s rows (the same draw), for the goals' float64 store."""
-        start, length = self.ep_start[rows, cols], self.ep_length[rows, cols]
-        if self.goal_selection_strategy == GoalSelectionStrategy.FINAL:
-            in_episode = length - 1
-        elif self.goal_selection_strategy == GoalSelectionStrategy.FUTURE:
-            in_episode = np.random.randint((rows - start) % self.buffer_size, length)
-        elif self.goal_selection_strategy == GoalSelectionStrategy.EPISODE:
-            in_episode = np.random.randint(0, length)
-        else:
-            raise ValueError(f"Strategy {self.goal_selection_strategy} for sampling goals not supported!")
-        return (in_episode + start) % self.buffer_size
-
-    def _rewards(self, achieved: np.ndarray, goals: np.ndarray) -> np.ndarray:
-        infos: list[dict[str, Any]] = [{} for _ in range(len(goals))]
-        if self.compute_reward_fn is not None:
-            rewards = self.compute_reward_fn(achieved, goals, infos)
-        else:
-            assert self.env is not None, "FlatHerReplayBuffer needs compute_reward_fn or a VecEnv"
-            rewards = self.env.env_method("compute_reward", achieved, goals, infos, indices=[0])[0]
-        return np.asarray(rewards).astype(np.float32)
 
     def _rows(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(obs [B, F], next_obs [B, F], actions, dones, rewards) in SB3's order: real, then relabeled."""

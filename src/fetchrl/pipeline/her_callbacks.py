@@ -37,10 +37,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.her.goal_selection_strategy import GoalSelectionStrategy
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
 from fetchrl import metrics
+from fetchrl.algos.fasther import goal_rows, relabeled_rewards
 from fetchrl.errors import FetchRLError
 from fetchrl.tasks.checkenv import OBSERVATION_WIDTH
 
@@ -72,38 +72,6 @@ def next_achieved_goals(buffer: HerReplayBuffer) -> np.ndarray:
     return observations["achieved_goal"]
 
 
-def goal_rows(buffer: HerReplayBuffer, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[B] buffer rows whose next achieved goal relabels each (row, col), by the buffer's strategy.
-
-    ``HerReplayBuffer._sample_goals``'s arithmetic with ``rng`` instead of NumPy's global RNG: the
-    position in the episode is ``length - 1`` (final), uniform in ``[current, length)`` (future: the
-    current transition included, as SB3's) or in ``[0, length)`` (episode); rows wrap around the buffer.
-    """
-    start, length = buffer.ep_start[rows, cols], buffer.ep_length[rows, cols]
-    strategy = buffer.goal_selection_strategy
-    if strategy == GoalSelectionStrategy.FINAL:
-        in_episode = length - 1
-    elif strategy == GoalSelectionStrategy.FUTURE:
-        in_episode = rng.integers((rows - start) % buffer.buffer_size, length)
-    elif strategy == GoalSelectionStrategy.EPISODE:
-        in_episode = rng.integers(0, length)
-    else:
-        raise FetchRLError(f"goal selection strategy {strategy} is not supported")
-    return np.asarray((in_episode + start) % buffer.buffer_size)
-
-
-def buffer_compute_reward(buffer: HerReplayBuffer, achieved: np.ndarray, goals: np.ndarray) -> np.ndarray:
-    """[B] float rewards of ``achieved`` [B, G] for ``goals`` [B, G], computed as the buffer computes them:
-    its in-process ``compute_reward_fn`` (fetchrl's FlatHerReplayBuffer) or its VecEnv's (SB3's)."""
-    infos: list[dict[str, Any]] = [{} for _ in range(len(goals))]
-    fn = getattr(buffer, "compute_reward_fn", None)
-    if fn is not None:
-        return np.asarray(fn(achieved, goals, infos))
-    if buffer.env is None:
-        raise FetchRLError("the HER buffer has neither compute_reward_fn nor a VecEnv to compute rewards")
-    return np.asarray(buffer.env.env_method("compute_reward", achieved, goals, infos, indices=[0])[0])
-
-
 def reward0_fractions(buffer: HerReplayBuffer, rng: np.random.Generator,
                       batch_size: int = HER_STATS_BATCH) -> RewardFractions | None:
     """The relabeled and real reward-0 fractions of ``batch_size`` transitions drawn with ``rng`` (module
@@ -113,7 +81,7 @@ def reward0_fractions(buffer: HerReplayBuffer, rng: np.random.Generator,
         return None
     rows, cols = np.unravel_index(rng.choice(valid, size=batch_size, replace=True), buffer.ep_length.shape)
     achieved = next_achieved_goals(buffer)
-    relabeled = buffer_compute_reward(buffer, achieved[rows, cols], achieved[goal_rows(buffer, rows, cols, rng), cols])
+    relabeled = relabeled_rewards(buffer, achieved[rows, cols], achieved[goal_rows(buffer, rows, cols, rng.integers), cols])
     real = buffer.rewards[rows, cols]
     return RewardFractions(float(np.mean(relabeled == 0)), float(np.mean(real == 0)))
 
