@@ -85,12 +85,17 @@ def _trial_paths(root: Path) -> list[RunPaths]:
     return [arm.paths(ENV_ID, seed, root) for arm in (CHAPTER, NO_HER) for seed in range(SEEDS)]
 
 
-def _t_interval(values: list[float]) -> tuple[float, float]:
-    """scipy's 95 % Student-t interval of the mean; seeds that all agree have a zero-width one."""
+def _t_interval(values: list[float], limits: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """scipy's 95 % Student-t interval of the mean, clipped to what the mean can take (a rate: [0, 1]);
+    seeds that all agree have a zero-width one."""
     if np.std(values) == 0:
         return values[0], values[0]
     lo, hi = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
-    return float(lo), float(hi)
+    return max(float(lo), limits[0]), min(float(hi), limits[1])
+
+
+#: What each arm metric's mean can take (the intervals are clipped to it).
+LIMITS = {"success_rate": (0.0, 1.0), "final_distance_mean": (0.0, np.inf), "return_mean": (-np.inf, np.inf)}
 
 
 # ============================================================================ the command on real runs
@@ -113,7 +118,7 @@ def test_compare_trains_both_arms_and_writes_the_json_and_one_plot(compare_run: 
             stat = arm.stats[metric]
             assert stat.n == 2 and stat.mean == pytest.approx(values.mean())
             assert stat.std == pytest.approx(values.std(ddof=1))
-            assert stat.ci == pytest.approx(list(_t_interval(values.tolist())))
+            assert stat.ci == pytest.approx(list(_t_interval(values.tolist(), LIMITS[metric])))
     out = proc.stdout
     assert "success" in out and "final distance" in out and result.answer in out
     png = arms_compare_plot_path(ENV_ID, root, CHAPTER.artifacts)
@@ -204,7 +209,8 @@ def test_verdict_follows_the_welch_interval(tmp_path: Path, her: list[float], no
     ci = welch.confidence_interval(0.95)
     d = result.difference
     assert d.difference_pp == pytest.approx(a.mean() - b.mean())
-    assert d.ci_pp == pytest.approx([ci.low, ci.high]) and d.df == pytest.approx(welch.df)
+    # a difference of rates lies in [-100, 100] pp: the interval is clipped there (push-like: 100 % vs ~1 %)
+    assert d.ci_pp == pytest.approx([max(ci.low, -100), min(ci.high, 100)]) and d.df == pytest.approx(welch.df)
     assert result.verdict == verdict and result.gap_small is gap_small
     for arm, rates in zip(result.arms, (her, no_her), strict=True):
         lo, hi = _t_interval(rates)

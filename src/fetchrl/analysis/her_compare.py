@@ -79,7 +79,8 @@ def read_arm(arm: ArmInput, env_id: str, seeds: Sequence[int], root: Path) -> Ar
         jsons.append(str(path))
     stats = {}
     for name in ARM_METRIC_BOUNDS:
-        mean, std, ci = t_interval([getattr(s, name) for s in per_seed])
+        bounds = ARM_METRIC_BOUNDS[name]
+        mean, std, ci = t_interval([getattr(s, name) for s in per_seed], limits=(bounds.low, bounds.high))
         stats[name] = MeanCI(mean, std, list(ci) if ci is not None else None, len(per_seed))
     return ArmSummary(arm.names.algo, arm.title, per_seed, stats, jsons)
 
@@ -103,7 +104,7 @@ def judge(treatment: ArmSummary, control: ArmSummary, env_id: str,
     """
     a = [100 * s.success_rate for s in treatment.per_seed]
     b = [100 * s.success_rate for s in control.per_seed]
-    diff, ci, df = welch_interval(a, b)
+    diff, ci, df = welch_interval(a, b, limits=(-100.0, 100.0))
     difference = ArmsDifference(diff, list(ci) if ci is not None else None, df, WELCH)
     verdict = claim_verdict(difference.ci_pp, threshold_pp)
     gap_small = (ci[1] if ci is not None else diff) < threshold_pp

@@ -59,11 +59,18 @@ def rliable_summary(per_metric: Mapping[str, Sequence[float]], *, reps: int = 20
 CONFIDENCE = 0.95
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float | None,
-                                                                                  tuple[float, float] | None]:
+def _clip(low: float, high: float, limits: tuple[float, float]) -> tuple[float, float]:
+    return max(low, limits[0]), min(high, limits[1])
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE,
+               limits: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float | None,
+                                                                          tuple[float, float] | None]:
     """Mean, sample std and the Student-t confidence interval of the mean over seeds.
 
-    ``mean ± t_{(1+c)/2, n-1} · s / sqrt(n)``. One seed: std and interval are None (not measured).
+    ``mean ± t_{(1+c)/2, n-1} · s / sqrt(n)``, clipped to ``limits``, the values the mean can take (a
+    success rate of 1.00, 0.99, 1.00 gives 0.982 to 1.011 unclipped: no rate exceeds 1). One seed: std and
+    interval are None (not measured).
     """
     from scipy import stats  # rliable's dependency; imported here, where it is used
 
@@ -75,12 +82,14 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
         return mean, None, None
     std = float(arr.std(ddof=1))
     half = float(stats.t.ppf((1 + confidence) / 2, arr.size - 1)) * std / math.sqrt(arr.size)
-    return mean, std, (mean - half, mean + half)
+    return mean, std, _clip(mean - half, mean + half, limits)
 
 
-def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> tuple[
+def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
+                   limits: tuple[float, float] = (-math.inf, math.inf)) -> tuple[
         float, tuple[float, float] | None, float | None]:
-    """``mean(a) - mean(b)``, its Welch-t confidence interval and the Welch–Satterthwaite degrees of freedom.
+    """``mean(a) - mean(b)``, its Welch-t confidence interval (clipped to ``limits``, the values a difference
+    can take: ±100 percentage points) and the Welch–Satterthwaite degrees of freedom.
 
     Unequal variances allowed (two arms need not be equally noisy). An arm with one value: no interval
     (None, None). Both arms without any spread: the interval is the point itself and df None.
@@ -97,4 +106,4 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = C
         return diff, (diff, diff), None
     df = se2**2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
     half = float(stats.t.ppf((1 + confidence) / 2, df)) * math.sqrt(se2)
-    return diff, (diff - half, diff + half), float(df)
+    return diff, _clip(diff - half, diff + half, limits), float(df)
