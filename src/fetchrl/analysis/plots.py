@@ -305,6 +305,8 @@ def _plot_lines(ax: Axes, scalars: Mapping[str, Series], lines: Sequence[tuple[s
             drawn.append(s.values)
     if not drawn:
         ax.text(0.5, 0.5, missing, transform=ax.transAxes, ha="center", va="center")
+        ax.set_xticks([])  # an empty panel has no steps to show (matplotlib would label 0..1 in thousands)
+        ax.set_yticks([])
     return drawn
 
 
