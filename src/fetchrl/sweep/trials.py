@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from fetchrl.artifacts import DEFAULT_NAMES, ArtifactNames, EvalResult, RunPaths, TrainMeta
+from fetchrl.artifacts import DEFAULT_NAMES, ArtifactNames, EvalResult, RunPaths, TrainMeta, atomic_write_text
 from fetchrl.config import ENV_THREADS_VAR, EvalConfig, TrainConfig
 from fetchrl.errors import FetchRLError
 
@@ -138,7 +138,7 @@ def _injected_death(trial: Trial) -> None:
     marker = Path(marker_dir) / f"killed_{trial.name.replace('/', '_')}"
     if marker.exists():
         return
-    marker.write_text(f"{os.getpid()}\n")
+    atomic_write_text(marker, f"{os.getpid()}\n")  # the test hook's marker, written like every artifact
     os.kill(os.getpid(), signal.SIGKILL)
 
 
