@@ -334,10 +334,10 @@ def plot_sac_run(logdir: Path, out_png: Path, algo: str = "sac") -> Path:
         if tag == metrics.Q_OVERESTIMATION:
             data = _plot_lines(ax, scalars, SAC_Q_LINES, "q/* not logged\n(attach SACDiagnosticsCallback)")
         elif tag == metrics.HER_RELABELED_REWARD0:
-            data = _plot_lines(ax, scalars, HER_FRACTION_LINES, "her/* not logged\n(no HER buffer)")
+            data = _plot_lines(ax, scalars, HER_FRACTION_LINES, "her/* not logged\n(no HER buffer, or a run\nolder than the HER callback)")
             ax.set_ylim(-0.03, 1.03)
         elif tag == metrics.OBJECT_DISPLACEMENT:
-            data = _plot_lines(ax, scalars, ((tag, "mean per episode", "o-"),), "not logged\n(a task without an object)")
+            data = _plot_lines(ax, scalars, ((tag, "mean per episode", "o-"),), "not logged\n(a task without an object,\nor a run older than the HER callback)")
             if data:
                 ax.axhline(diagnose.her.OBJECT_STILL_M, color="tab:red", ls="--", lw=1,
                            label=f"{_GUIDES[1]} ({diagnose.her.OBJECT_STILL_M:g} m)")
