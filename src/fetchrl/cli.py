@@ -153,7 +153,7 @@ def _train_options(chapter: Chapter) -> _Parser:
         default = getattr(algo, f.name)
         spec = f.metadata["bounds"]
         kind = _bounded(f.name, spec) if isinstance(spec, Bounds) else _parsed(spec.parse)
-        shown = _shown_default(chapter, f.name, default) + (" ; with --her only" if f.name in only_treatment else "")
+        shown = _shown_default(chapter, f.name, default) + ("; with --her only" if f.name in only_treatment else "")
         g.add_argument(flag_name(f.name), type=kind, default=_default(chapter, f.name, default),
                        help=_field_help(algo_docs, f.name, shown))
     g.add_argument("--deterministic", action="store_true",
