@@ -39,10 +39,11 @@ from fetchrl.analysis.rules import her as her_rules
 from fetchrl.analysis.tbreader import Series, read_scalars
 from fetchrl.chapters.ch04 import CHAPTER
 from fetchrl.cli import main
-from fetchrl.pipeline.her_callbacks import HERDiagnosticsCallback, has_object, reward0_fractions
+from fetchrl.pipeline.her_callbacks import HERDiagnosticsCallback, reward0_fractions
 from fetchrl.pipeline.setup import attach_goal_reward
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
+from fetchrl.tasks.envs import has_object
 from fetchrl.vecenv.factory import make_vec_env
 
 PUSH, REACH = "FetchPush-v4", "FetchReach-v4"

@@ -40,6 +40,7 @@ from fetchrl.artifacts import (
     now_iso,
 )
 from fetchrl.errors import FetchRLError
+from fetchrl.tasks import envs
 
 #: The chapter's claim: the treatment beats the control by more than this many percentage points.
 CLAIM_THRESHOLD_PP = 50.0
@@ -238,7 +239,7 @@ def plot_arms(result: ArmsCompareResult, root: Path, names: Sequence[ArtifactNam
     axes[0].set_ylim(-3, 103)
     axes[0].set_title("final evaluation success (deterministic)", fontsize=10)
     _arm_panel(axes[1], result, "final_distance_mean", 1000, "final distance (mm)")
-    axes[1].set_title("final goal distance (Push: object to goal)", fontsize=10)
+    axes[1].set_title(f"final {envs.goal_distance_name(result.env_id)} distance", fontsize=10)
     _curves_panel(axes[2], result, root, names)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)

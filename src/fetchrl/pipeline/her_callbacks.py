@@ -42,16 +42,9 @@ from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 from fetchrl import metrics
 from fetchrl.algos.fasther import goal_rows, relabeled_rewards
 from fetchrl.errors import FetchRLError
-from fetchrl.tasks.checkenv import OBSERVATION_WIDTH
 
 #: Transitions scored per measurement: the fractions' standard error is at most 1.6 percentage points.
 HER_STATS_BATCH = 1024
-
-
-def has_object(env_id: str) -> bool:
-    """True for a Fetch task whose ``achieved_goal`` is an object's position (Push, Slide, PickAndPlace)."""
-    family = env_id.split("-")[0].removesuffix("Dense")
-    return OBSERVATION_WIDTH.get(family, 10) > OBSERVATION_WIDTH["FetchReach"]
 
 
 class RewardFractions(NamedTuple):
@@ -98,7 +91,7 @@ class HERDiagnosticsCallback(BaseCallback):
     Args:
         every: gradient steps between two fraction measurements (only with a HER buffer).
         track_object: log ``her/object_displacement`` (the task's ``achieved_goal`` is an object's
-            position: :func:`has_object`).
+            position: :func:`fetchrl.tasks.envs.has_object`).
         batch_size: transitions scored per measurement.
         seed: seeds this callback's own Generator.
 

@@ -68,7 +68,7 @@ from fetchrl.pipeline.checkpoints import (
     resume_problems,
     write_checkpoint,
 )
-from fetchrl.pipeline.her_callbacks import HERDiagnosticsCallback, has_object
+from fetchrl.pipeline.her_callbacks import HERDiagnosticsCallback
 from fetchrl.pipeline.lock import run_lock
 from fetchrl.pipeline.offpolicy_callbacks import EntCoefFloorCallback, SACDiagnosticsCallback
 from fetchrl.pipeline.resume import (
@@ -530,7 +530,7 @@ def her_diagnostics(config: TrainConfig) -> HERDiagnosticsCallback | None:
     Chapter 3's SAC on Reach gets neither: its runs are exactly as before. Own RNG: training untouched.
     """
     her = config.algorithm.name == "sac_her"
-    track_object = has_object(config.env_id)
+    track_object = envs.has_object(config.env_id)
     if not (her or track_object):
         return None
     return HERDiagnosticsCallback(_stats_every(config), track_object=track_object, seed=config.seed)
