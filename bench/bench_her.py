@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sac import _buffer_mb_at_capacity, _fmt, cpu_name  # noqa: E402
+from bench_sac import _buffer_mb_at_capacity, _fmt, cpu_name, run_child_of  # noqa: E402
 
 ENVS = ("FetchReach-v4", "FetchPush-v4")
 N_ENVS = 8
@@ -112,11 +111,7 @@ def job(arm: str, env_id: str, seed: int, learning_starts: int, warm: int, timed
 
 # ============================================================================ parent
 def run_child(**kwargs: Any) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(kwargs)],
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"bench child failed ({kwargs}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child_of(Path(__file__), **kwargs)
 
 
 def _chapter_hours(r: dict[str, Any]) -> float:

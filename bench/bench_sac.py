@@ -113,7 +113,12 @@ def job(arm: str, seed: int, learning_starts: int, warm: int, timed: int) -> dic
 
 # ============================================================================ parent
 def run_child(**kwargs: Any) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(kwargs)],
+    return run_child_of(Path(__file__), **kwargs)
+
+
+def run_child_of(script: Path, **kwargs: Any) -> dict[str, Any]:
+    """Run ``script --child JSON`` (one measurement in a fresh process) and return the JSON it prints last."""
+    out = subprocess.run([sys.executable, str(script.resolve()), "--child", json.dumps(kwargs)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"bench child failed ({kwargs}):\n{out.stderr[-3000:]}")
