@@ -182,12 +182,12 @@ def test_control_arm_commands(reach_control: tuple[Path, dict[str, int]]) -> Non
     paths = NO_HER.paths(REACH, 0, root)
     assert EvalResult.from_json(paths.eval_json).algo == "sac"
     assert paths.eval_json.name == "ch04_sac_fetchreach-v4_seed0_eval.json"
-    assert paths.report_md.read_text().startswith("# Chapter 4 report: SAC without HER (control arm) on FetchReach-v4")
+    assert paths.report_md.read_text().startswith("# Chapter 4 report: SAC without HER on FetchReach-v4")
     # `all` reused the finished run (one training, same weights) and wrote the arm's own HTML page
     assert meta.created_at == TrainMeta.from_json(ckpt.with_suffix(".meta.json")).created_at
     page = paths.html_report.read_text()
     assert paths.html_report.name == "ch04_sac_fetchreach-v4_seed0_report.html"
-    assert "SAC without HER (control arm) on FetchReach-v4" in page and "no video was recorded" in page
+    assert "SAC without HER on FetchReach-v4" in page and "no video was recorded" in page
     assert not paths.video_gif.exists()
 
 

@@ -55,7 +55,7 @@ TINY = ["--env", ENV_ID, "--total-steps", "1200", "--buffer-size", "5000", "--n-
 SEEDS = 2
 #: The trial whose first attempt is killed with SIGKILL (its worker dies; the sweep retries it).
 KILLED = "sac_her/seed1"
-ARMS = (ArmInput(CHAPTER.names_for(ENV_ID), "SAC + HER", 1200), ArmInput(NO_HER.names_for(ENV_ID), "SAC (control)", 1200))
+ARMS = (ArmInput(CHAPTER.names_for(ENV_ID), "SAC + HER", 1200), ArmInput(NO_HER.names_for(ENV_ID), NO_HER.names_for(ENV_ID).title, 1200))
 
 
 def _script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -58,7 +58,7 @@ class ArtifactNames:
     multi_seed: str
     """Stem of the multi-seed aggregate's JSON and PNG: ``"ch02_ppo_reachdense"``."""
     title: str = ""
-    """How reports name the run's algorithm (arm): ``"SAC + HER"``, ``"SAC without HER (control arm)"``
+    """How reports name the run's algorithm (arm): ``"SAC + HER"``, ``"SAC without HER"``
     (empty: ``algo`` in capitals, ``"PPO"``)."""
     html_per_run: bool = False
     """The HTML report is named like the run's other results (``ch04_sac_her_fetchpush-v4_seed0_report.html``):

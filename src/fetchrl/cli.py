@@ -389,9 +389,8 @@ def cmd_compare_arms(args: argparse.Namespace) -> int:
     assert treatment.control is not None  # the command is this chapter's only when it has a control arm
     arms = (treatment, treatment.control)
     configs = [_arm_config(args, arm) for arm in arms]  # HER-only flags apply to the HER arm
-    titles = (treatment.algorithm.title, f"{treatment.control.algorithm.title} (control)")
-    inputs = [ArmInput(arm.names_for(args.env_id), title, cfg.total_steps)
-              for arm, title, cfg in zip(arms, titles, configs, strict=True)]
+    inputs = [ArmInput(arm.names_for(args.env_id), arm.names_for(args.env_id).title, cfg.total_steps)
+              for arm, cfg in zip(arms, configs, strict=True)]
     return compare_arms(configs, inputs, _eval_config(args), list(range(args.seeds)), args.root,
                         chapter=treatment.id, backend=args.backend, workers=args.workers,
                         ray_address=args.ray_address, progress=not args.no_progress)

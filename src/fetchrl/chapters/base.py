@@ -74,7 +74,7 @@ class Chapter:
     """Defaults of a task that has its own (ch04: FetchPush-v4 trains 2M steps with ent_coef 0.05)."""
     arm_title: str = ""
     """How reports name this chapter's runs (default the algorithm's title; ch04's control arm:
-    ``"SAC without HER (control arm)"``)."""
+    ``"SAC without HER"``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.defaults.algo, self.algorithm.config_class):

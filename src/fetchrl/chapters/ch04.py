@@ -39,7 +39,7 @@ NO_HER = Chapter(
     defaults=TrainConfig(env_id="FetchReach-v4", seed=0, total_steps=500_000, n_envs=8, device="cpu",
                          algo=SACConfig(gamma=GAMMA, learning_starts=LEARNING_STARTS)),
     multi_seed_name="ch04_sac_{env}",
-    arm_title="SAC without HER (control arm)",
+    arm_title="SAC without HER",
     **_COMMON,  # type: ignore[arg-type]
 )
 

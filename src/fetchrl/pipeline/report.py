@@ -69,7 +69,7 @@ BASELINE_NOTE = baseline_note()
 
 def chapter_heading(names: ArtifactNames) -> tuple[str, str]:
     """``("Chapter 3", "SAC")`` for chapter 3's names: how the report titles name the chapter and algorithm
-    (ch04: ``"SAC + HER"`` or ``"SAC without HER (control arm)"``)."""
+    (ch04: ``"SAC + HER"`` or ``"SAC without HER"``)."""
     number = names.chapter.removeprefix("ch").lstrip("0")
     return (f"Chapter {number}" if number.isdigit() else names.chapter), names.title or names.algo.upper()
 
