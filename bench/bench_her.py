@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sac import _buffer_mb_at_capacity, _fmt, cpu_name, run_child_of  # noqa: E402
+from bench_sac import _buffer_mb_at_capacity, _fmt, cpu_name, print_update_rows, run_child_of, update_alone  # noqa: E402
 
 ENVS = ("FetchReach-v4", "FetchPush-v4")
 N_ENVS = 8
@@ -104,7 +104,8 @@ def job(arm: str, env_id: str, seed: int, learning_starts: int, warm: int, timed
               "warmup_sps": learning_starts / (t1 - t0), "update_sps": timed / (t3 - t2),
               "updates": model._n_updates,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "buffer_mb_1m": _buffer_mb_at_capacity(model.replay_buffer)}
+              "buffer_mb_1m": _buffer_mb_at_capacity(model.replay_buffer),
+              **update_alone(model, timed // N_ENVS)}
     model.env.close()
     return result
 
@@ -132,6 +133,7 @@ def print_table(results: dict[str, dict[str, list[dict[str, Any]]]], args: argpa
                            ("peak_rss_mb", "peak RSS MB (main process)"),
                            ("buffer_mb_1m", "replay buffer MB at 1M")):
             print(f"{label:30s}" + "".join(f"{_fmt([r[key] for r in by_arm[a]]):>24s}" for a in arms))
+        print_update_rows(by_arm, 30)
         hours = {a: [_chapter_hours(r) for r in by_arm[a]] for a in arms}
         label = f"{CHAPTER_STEPS[env_id] // 1000}k-step run, projected h"
         print(f"{label:30s}" + "".join(f"{statistics.median(hours[a]):>24.2f}" for a in arms))

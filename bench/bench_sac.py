@@ -106,9 +106,29 @@ def job(arm: str, seed: int, learning_starts: int, warm: int, timed: int) -> dic
               "warmup_sps": learning_starts / (t1 - t0), "update_sps": timed / (t3 - t2),
               "updates": model._n_updates,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "buffer_mb_1m": _buffer_mb_at_capacity(model.replay_buffer)}
+              "buffer_mb_1m": _buffer_mb_at_capacity(model.replay_buffer),
+              **update_alone(model, timed // N_ENVS)}
     model.env.close()
     return result
+
+
+def update_alone(model: Any, n: int) -> dict[str, float]:
+    """The gradient step on its own, after the timed phase: ``model.train(1, batch_size)`` ``n`` times
+    without env steps between them -> ms per gradient step; its floating-point work counted by torch's
+    ``FlopCounterMode`` (matrix products forward and backward, as dispatched; element-wise work and Adam
+    are left out, so GFLOP/s is a lower bound of what the CPU does); and the share of a vector step's
+    wall time (at ``update_sps``) the gradient step takes, i.e. what overlapping env stepping with it
+    could remove at most."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model.train(gradient_steps=1, batch_size=model.batch_size)
+    flops = counter.get_total_flops()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        model.train(gradient_steps=1, batch_size=model.batch_size)
+    ms = (time.perf_counter() - t0) / n * 1000
+    return {"update_ms": ms, "update_mflop": flops / 1e6, "update_gflops": flops / ms / 1e6}
 
 
 # ============================================================================ parent
@@ -133,6 +153,18 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def print_update_rows(results: dict[str, list[dict[str, Any]]], width: int) -> None:
+    """The rows of :func:`update_alone`'s measurements, one column per arm, then each arm's work count."""
+    arms = list(results)
+    share = {a: [r["update_ms"] * r["update_sps"] / N_ENVS / 10 for r in results[a]] for a in arms}
+    for label, values in (("gradient step alone, ms", {a: [r["update_ms"] for r in results[a]] for a in arms}),
+                          ("  its matmul GFLOP/s", {a: [r["update_gflops"] for r in results[a]] for a in arms}),
+                          ("  % of a vector step", share)):
+        print(f"{label:{width}s}" + "".join(f"{_fmt(values[a]):>24s}" for a in arms))
+    print("matrix products per gradient step (torch FlopCounterMode): "
+          + ", ".join(f"{a} {results[a][0]['update_mflop']:.0f} MFLOP" for a in arms))
 
 
 def _chapter_minutes(r: dict[str, Any]) -> float:
@@ -160,6 +192,7 @@ def print_table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespa
     for key, label in (("warmup_sps", "steps/s before updates"), ("update_sps", "steps/s with updates"),
                        ("peak_rss_mb", "peak RSS MB (main process)"), ("buffer_mb_1m", "replay buffer MB at 1M")):
         print(f"{label:28s}" + "".join(f"{_fmt([r[key] for r in results[a]]):>24s}" for a in arms))
+    print_update_rows(results, 28)
     minutes = {a: [_chapter_minutes(r) for r in results[a]] for a in arms}
     print(f"{'500k-step run, projected min':28s}" + "".join(f"{_fmt(minutes[a]):>24s}" for a in arms))
     plain = statistics.median(r["update_sps"] for r in results["plain"])
