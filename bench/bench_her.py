@@ -66,7 +66,7 @@ def _model(arm: str, env_id: str, seed: int, learning_starts: int) -> Any:
     kwargs = dict(SAC_KWARGS, ent_coef=ENT_COEF[env_id], learning_starts=learning_starts, seed=seed,
                   device="cpu", verbose=0, replay_buffer_class=HerReplayBuffer,
                   replay_buffer_kwargs=dict(HER_KWARGS))
-    if arm == "fetchrl":
+    if arm in ("fetchrl", "fetchrl-lockstep"):
         from fetchrl.algos.fastsac import FastSAC
         from fetchrl.pipeline.setup import attach_goal_reward
         from fetchrl.runtime import Runtime
@@ -75,7 +75,10 @@ def _model(arm: str, env_id: str, seed: int, learning_starts: int) -> Any:
         runtime = Runtime.decide(env_id)
         if runtime.torch_threads is not None:
             torch.set_num_threads(runtime.torch_threads)
-        model = FastSAC("MultiInputPolicy", factory.make_vec_env(runtime, N_ENVS, seed=seed), **kwargs)
+        overlap = arm == "fetchrl"  # fetchrl-lockstep: env steps and gradient steps in turn, envs split
+        model = FastSAC("MultiInputPolicy", factory.make_vec_env(runtime, N_ENVS, seed=seed, all_in_worker=overlap),
+                        **kwargs)
+        model.overlaps_env_steps = overlap
         attach_goal_reward(model, runtime)
         return model
     from stable_baselines3.common.env_util import make_vec_env
@@ -140,6 +143,9 @@ def print_table(results: dict[str, dict[str, list[dict[str, Any]]]], args: argpa
         plain = statistics.median(r["update_sps"] for r in by_arm["plain"])
         fast = statistics.median(r["update_sps"] for r in by_arm["fetchrl"])
         print(f"ratio fetchrl / plain, steps/s with updates: {fast / plain:.2f}x")
+        if "fetchrl-lockstep" in by_arm:
+            lock = statistics.median(r["update_sps"] for r in by_arm["fetchrl-lockstep"])
+            print(f"ratio fetchrl / fetchrl-lockstep (updates made while the envs step): {fast / lock:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timed", type=int, default=800, help="timed env steps with updates")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
+    parser.add_argument("--lockstep-arm", action="store_true",
+                        help="add the fetchrl-lockstep arm (env steps and gradient steps in turn)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               "(HER samples from finished episodes only)", file=sys.stderr)
         return 2
     env_ids = args.env or list(ENVS)
-    arms = ["plain", "fetchrl"]
+    arms = ["plain", "fetchrl"] + (["fetchrl-lockstep"] if args.lockstep_arm else [])
     results: dict[str, dict[str, list[dict[str, Any]]]] = {e: {a: [] for a in arms} for e in env_ids}
     for env_id in env_ids:
         for rep in range(args.repeats):

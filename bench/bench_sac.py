@@ -10,7 +10,10 @@ vector step, SB3's 256-256 networks):
   count's share of the speed-up from the code's.
 - ``fetchrl``: the fast path of ``fetchrl.runtime.Runtime`` — the lean FetchReach step, the process
   VecEnv, :class:`fetchrl.algos.fastsac.FastSAC` (bit-equal to SB3's SAC: tests/test_fastsac.py) and
-  ``fetchrl.runtime.FAST_TORCH_THREADS`` torch threads.
+  ``fetchrl.runtime.FAST_TORCH_THREADS`` torch threads; its gradient steps made while the envs step in
+  the worker where that changes nothing (``FastSAC._batches_ahead``).
+- ``fetchrl-lockstep`` (``--lockstep-arm``): the same with env steps and gradient steps in turn (the
+  envs split between the two processes), to measure what the overlap gains.
 
 Every measurement runs in its own child process (clean peak RSS, clean torch state); arms alternate so
 all see the same machine load. ``learning_starts`` is lowered to ``--learning-starts`` for both arms
@@ -61,7 +64,7 @@ def _model(arm: str, seed: int, learning_starts: int) -> Any:
 
     envs.register_envs()
     kwargs = dict(SAC_KWARGS, learning_starts=learning_starts, seed=seed, device="cpu", verbose=0)
-    if arm == "fetchrl":
+    if arm in ("fetchrl", "fetchrl-lockstep"):
         from fetchrl.algos.fastsac import FastSAC
         from fetchrl.runtime import Runtime
         from fetchrl.vecenv import factory
@@ -69,7 +72,11 @@ def _model(arm: str, seed: int, learning_starts: int) -> Any:
         runtime = Runtime.decide(ENV_ID)
         if runtime.torch_threads is not None:
             torch.set_num_threads(runtime.torch_threads)
-        return FastSAC("MultiInputPolicy", factory.make_vec_env(runtime, N_ENVS, seed=seed), **kwargs)
+        overlap = arm == "fetchrl"
+        model = FastSAC("MultiInputPolicy", factory.make_vec_env(runtime, N_ENVS, seed=seed, all_in_worker=overlap),
+                        **kwargs)
+        model.overlaps_env_steps = overlap
+        return model
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -204,6 +211,10 @@ def print_table(results: dict[str, list[dict[str, Any]]], args: argparse.Namespa
         one = statistics.median(r["update_sps"] for r in results["plain-1t"])
         fast = statistics.median(r["update_sps"] for r in results["fetchrl"])
         print(f"ratio fetchrl / plain-1t (code alone, same thread count): {fast / one:.2f}x")
+    if "fetchrl-lockstep" in results:
+        lock = statistics.median(r["update_sps"] for r in results["fetchrl-lockstep"])
+        fast = statistics.median(r["update_sps"] for r in results["fetchrl"])
+        print(f"ratio fetchrl / fetchrl-lockstep (updates made while the envs step): {fast / lock:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timed", type=int, default=800, help="timed env steps with updates")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--one-thread-plain", action="store_true", help="add the plain-1t arm")
+    parser.add_argument("--lockstep-arm", action="store_true", help="add the fetchrl-lockstep arm")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -223,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_sac: --repeats, --warm, --timed must be >= 1 and --learning-starts >= 256 (one batch)",
               file=sys.stderr)
         return 2
-    arms = ["plain", "fetchrl"] + (["plain-1t"] if args.one_thread_plain else [])
+    arms = (["plain", "fetchrl"] + (["plain-1t"] if args.one_thread_plain else [])
+            + (["fetchrl-lockstep"] if args.lockstep_arm else []))
     results: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
     for rep in range(args.repeats):
         for arm in arms if rep % 2 == 0 else arms[::-1]:

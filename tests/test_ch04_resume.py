@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+from fetchrl import metrics
 from fetchrl.artifacts import RunPaths, TrainMeta
 from fetchrl.chapters.ch04 import CHAPTER
 from fetchrl.cli import main
@@ -217,3 +218,38 @@ def test_a_stopped_training_process_resumes_to_the_uninterrupted_run(
     assert _train(tmp_path, total, "--resume") == 0
     assert TrainMeta.from_json(paths.meta).complete
     _assert_equal(_state(expected), _state(paths))
+
+
+# ============================================================================ overlap
+def test_updates_made_while_the_envs_step_train_and_log_what_turn_taking_does(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the pipeline (its VecEnv with every env in the worker, its callbacks: snapshots, progress,
+    SAC and HER diagnostics): a run whose updates are mostly made while the envs step equals the same run
+    with env steps and updates in turn (``FastSAC.overlaps_env_steps`` off: the envs split between the two
+    processes, as before) -- checkpoint, optimisers, replay buffer and every TensorBoard curve but time/*."""
+    from fetchrl.algos.fastsac import FastSAC
+    from fetchrl.analysis.tbreader import read_scalars
+
+    calls: list[bool] = []
+    inner = FastSAC._train_lean
+
+    def spy(self: FastSAC, lean: Any, buf: Any, gradient_steps: int, batch_size: int, batches: Any) -> None:
+        calls.append(batches is not None)
+        inner(self, lean, buf, gradient_steps, batch_size, batches)
+
+    monkeypatch.setattr(FastSAC, "_train_lean", spy)
+    overlapped, in_turn = tmp_path / "overlapped", tmp_path / "in_turn"
+    assert _train(overlapped, TOTAL) == 0
+    made_while_stepping = calls.count(True)
+    assert made_while_stepping > len(calls) // 2, calls
+    monkeypatch.setattr(FastSAC, "overlaps_env_steps", False)
+    assert _train(in_turn, TOTAL) == 0
+    assert calls.count(True) == made_while_stepping  # none in the second run
+    _assert_equal(_state(_paths(overlapped)), _state(_paths(in_turn)))
+    curves = [{tag: series for tag, series in read_scalars(_paths(root).tb_dir, None).items()
+               if not tag.startswith("time/")} for root in (overlapped, in_turn)]
+    assert curves[0].keys() == curves[1].keys()
+    assert {"train/actor_loss", metrics.Q1_MEAN, metrics.HER_RELABELED_REWARD0} <= curves[0].keys(), sorted(curves[0])
+    for tag, series in curves[0].items():
+        assert np.array_equal(series.steps, curves[1][tag].steps), tag
+        assert np.array_equal(series.values, curves[1][tag].values, equal_nan=True), tag

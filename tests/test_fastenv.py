@@ -125,13 +125,16 @@ def _assert_infos_equal(i1: dict[str, Any], i2: dict[str, Any], where: str) -> N
             assert np.array_equal(i1["terminal_observation"][key], i2["terminal_observation"][key]), where
 
 
-@pytest.mark.parametrize(("env_id", "n_procs"), [("FetchReachDense-v4", 1), ("FetchReachDense-v4", 2),
-                                               ("FetchPush-v4", 2)])
-def test_process_vec_env_matches_dummy_vec_env(env_id: str, n_procs: int) -> None:
-    n_envs, seed = 5, 11  # split 3 here + 2 in the worker
+@pytest.mark.parametrize(("env_id", "n_procs", "all_in_worker"), [
+    ("FetchReachDense-v4", 1, False), ("FetchReachDense-v4", 2, False), ("FetchPush-v4", 2, False),
+    ("FetchReachDense-v4", 2, True), ("FetchPush-v4", 2, True)])
+def test_process_vec_env_matches_dummy_vec_env(env_id: str, n_procs: int, all_in_worker: bool) -> None:
+    """Split 3 here + 2 in the worker, all 5 here, or (``all_in_worker``, FastSAC's) all 5 in the worker;
+    ``episode_ends_next`` says beforehand exactly which steps end episodes."""
+    n_envs, seed = 5, 11
     ref = _sb3_dummy(env_id, n_envs, seed)
-    fast = ProcessVecEnv(env_id, n_envs, seed=seed, n_procs=n_procs)
-    assert fast.n_procs == n_procs and fast.n_local == (3 if n_procs == 2 else 5)
+    fast = ProcessVecEnv(env_id, n_envs, seed=seed, n_procs=n_procs, all_in_worker=all_in_worker)
+    assert fast.n_procs == n_procs and fast.n_local == (0 if all_in_worker else 3 if n_procs == 2 else 5)
     o1, o2 = ref.reset(), fast.reset()
     for key in o1:
         assert np.array_equal(o1[key], o2[key])
@@ -139,8 +142,10 @@ def test_process_vec_env_matches_dummy_vec_env(env_id: str, n_procs: int) -> Non
     episodes_ended = 0
     for t in range(2 * fast_envs.MAX_EPISODE_STEPS + 10):
         actions = rng.uniform(-1, 1, size=(n_envs, 4)).astype(np.float32)
+        ends = fast.episode_ends_next()
         obs1, rew1, done1, infos1 = ref.step(actions)
         obs2, rew2, done2, infos2 = fast.step(actions)
+        assert ends == done2.any(), t
         for key in obs1:
             assert obs1[key].dtype == obs2[key].dtype and np.array_equal(obs1[key], obs2[key]), (t, key)
         assert rew1.dtype == rew2.dtype and np.array_equal(rew1, rew2), t
@@ -264,7 +269,12 @@ def test_process_vec_env_state_round_trip_replays_exactly() -> None:
     actions = [rng.uniform(-1, 1, size=(4, 4)).astype(np.float32) for _ in range(60)]  # crosses an episode end
     first = [vec.step(a) for a in actions]
     vec.set_state(state)
-    second = [vec.step(a) for a in actions]
+    ends = []
+    second = []
+    for a in actions:
+        ends.append(vec.episode_ends_next())
+        second.append(vec.step(a))
+    assert ends == [bool(d.any()) for _, _, d, _ in second] and sum(ends) == 1  # restored counters
     for (o1, r1, d1, i1), (o2, r2, d2, i2) in zip(first, second, strict=True):
         assert all(np.array_equal(o1[k], o2[k]) for k in o1)
         assert np.array_equal(r1, r2) and np.array_equal(d1, d2)

@@ -189,6 +189,15 @@ class FlatHerReplayBuffer(FlatDictReplayBuffer, HerReplayBuffer):
         return FlatSamples(th.from_numpy(obs), th.from_numpy(actions), th.from_numpy(next_obs),
                            th.from_numpy(dones.reshape(-1, 1)), th.from_numpy(rewards.reshape(-1, 1)))
 
+    def sample_flat_before_add(self, batch_size: int) -> FlatSamples | None:
+        """:meth:`FlatDictReplayBuffer.sample_flat_before_add` for HER: only finished episodes are sampled,
+        so an ``add`` that finishes none (the caller's to know) changes the batch only when it starts
+        overwriting an old episode (it then invalidates that episode: None, nothing drawn), and without
+        an in-process ``compute_reward_fn`` (relabeling would then ask the VecEnv, busy stepping)."""
+        if self.compute_reward_fn is None or self.ep_length[self.pos].any():
+            return None
+        return self.sample_flat(batch_size)
+
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictReplayBufferSamples:  # type: ignore[override]
         """SB3's sample layout (per-key float32 tensors) of the same batch, for code that calls ``sample``."""
         if env is not None:

@@ -29,12 +29,20 @@ noise, NumPy's global one for the replay indices, the action space's for the war
 ``log_ent_coef``, the replay buffer and the logged ``train/*`` values after several hundred
 updates are ``torch.equal`` / ``np.array_equal`` to SB3's SAC on the same seed.
 
+- **Overlap** (:meth:`FastSAC._batches_ahead`): the gradient step SB3 makes right after env step
+  ``t`` runs *while* the envs make step ``t`` (the process VecEnv steps them all in its worker),
+  whenever that changes nothing: its batch can be drawn before step ``t`` returns (NumPy's draws
+  depend only on the buffer's size) and does not read the row transition ``t`` goes to, no episode
+  ends at step ``t`` (Fetch truncates at 50 steps, which the VecEnv counts; a HER buffer samples
+  finished episodes only), and every callback allows it (``allows_overlap()``: it neither reads
+  the networks or the update count at that step nor stops training there). Otherwise the step and
+  the update take turns as in SB3. ``learn``'s own ``train`` call after that step then does nothing.
+
 What is *not* bit-equal and therefore not done: the twin critics as one batched matmul (a ``bmm``
-rounds differently from two ``mm``), overlapping the env step with the update (SAC's update for
-step ``t`` samples a buffer that holds transition ``t``, and callbacks observe the model between
-the two). Differences a caller can see: after ``train`` the critic's ``.grad`` holds only the
-critic loss's gradient (SB3 adds the actor loss's into it), and ``replay_buffer.observations``
-are float32 views.
+rounds differently from two ``mm``), acting with a one-update-old policy. Differences a caller can
+see: after ``train`` the critic's ``.grad`` holds only the critic loss's gradient (SB3 adds the
+actor loss's into it), ``replay_buffer.observations`` are float32 views, and a callback without
+``allows_overlap`` turns the overlap off.
 
 The lean path covers the chapter's set-up: ``MultiInputPolicy`` on a Dict of 1-D float Boxes
 (flatten extractors, ReLU/Tanh MLPs, squashed Gaussian without gSDE), default Adam optimisers, no
@@ -54,7 +62,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import BaseBuffer, DictReplayBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.policies import ContinuousCritic
@@ -181,7 +189,20 @@ class FlatDictReplayBuffer(DictReplayBuffer):
 
     def sample_flat(self, batch_size: int) -> FlatSamples:
         """A batch drawn as SB3's ``sample`` draws it, gathered into the networks' input tensors."""
-        rows, cols = self.indices(batch_size)
+        return self._gather(*self.indices(batch_size))
+
+    def sample_flat_before_add(self, batch_size: int) -> FlatSamples | None:
+        """The batch :meth:`sample_flat` will draw right after the next ``add``, drawn and gathered now,
+        or None when that batch reads the row the ``add`` writes (row ``pos``; its episode may also not
+        end with that ``add`` -- the caller's to know). NumPy's global generator has advanced either
+        way: to take the None path, the caller restores it and samples after adding, as usual."""
+        upper = self.buffer_size if self.full or self.pos + 1 == self.buffer_size else self.pos + 1
+        rows = np.random.randint(0, upper, size=batch_size)
+        if (rows == self.pos).any():
+            return None
+        return self._gather(rows, np.random.randint(0, high=self.n_envs, size=(batch_size,)))
+
+    def _gather(self, rows: np.ndarray, cols: np.ndarray) -> FlatSamples:
         dones = self.dones[rows, cols] * (1 - self.timeouts[rows, cols])
         return FlatSamples(th.from_numpy(self.obs[rows, cols]), th.from_numpy(self.actions[rows, cols]),
                            th.from_numpy(self.next_obs[rows, cols]), th.from_numpy(dones.reshape(-1, 1)),
@@ -409,18 +430,39 @@ class AdamStep:
 
 
 # ---------------------------------------------------------------------------------------------- the algorithm
+def allows_overlap(callback: BaseCallback) -> bool:
+    """Whether ``callback`` (a :class:`CallbackList`: each of its callbacks) lets :class:`FastSAC` make the
+    coming env step's gradient step while the envs step, i.e. before the callback's ``on_step`` and
+    ``on_rollout_end`` of that step. A callback allows it through an ``allows_overlap()`` method that
+    returns True only when, at this step, it will not read the networks, the optimisers or the update
+    count, will not change them, and will not stop training; one without that method never allows it."""
+    if isinstance(callback, CallbackList):
+        return all(allows_overlap(c) for c in callback.callbacks)
+    if isinstance(callback, ConvertCallback) and callback.callback is None:  # learn(callback=None)
+        return True
+    method = getattr(callback, "allows_overlap", None)
+    return method is not None and bool(method())
+
+
 class FastSAC(SAC):
-    """``stable_baselines3.SAC`` with a flat float32 replay buffer, lean acting and a lean update
-    (identical numbers)."""
+    """``stable_baselines3.SAC`` with a flat float32 replay buffer, lean acting, a lean update and the
+    update overlapped with env stepping where that changes nothing (identical numbers)."""
+
+    overlaps_env_steps = True
+    """Its models make gradient steps while the envs step: give them a VecEnv that steps every env
+    outside this process (``fetchrl.vecenv.factory.make_vec_env(..., all_in_worker=True)``). False on
+    an instance: env steps and updates take turns (``bench/bench_sac.py``'s lockstep arm)."""
 
     _lean_cache: tuple[Any, LeanSAC | None] | None = None
     _steppers: tuple[Any, ...] | None = None
     _mode_modules: list[nn.Module] | None = None
+    _made_update = 0
+    """Gradient steps already made for the current env step (:meth:`_batches_ahead`); ``train`` skips them."""
 
     def _excluded_save_params(self) -> list[str]:
         """SB3's list plus this class's caches (views of live tensors, rebuilt on demand), so the zip's
         ``data`` holds what SB3's SAC writes."""
-        return [*super()._excluded_save_params(), "_lean_cache", "_steppers", "_mode_modules"]
+        return [*super()._excluded_save_params(), "_lean_cache", "_steppers", "_mode_modules", "_made_update"]
 
     def _setup_model(self) -> None:
         """SB3's set-up, with :class:`FlatDictReplayBuffer` where SB3 would pick ``DictReplayBuffer``
@@ -491,7 +533,18 @@ class FastSAC(SAC):
         continue_training = True
         while should_collect_more_steps(train_freq, num_collected_steps, num_collected_episodes):
             actions, buffer_actions = self._lean_sample_action(lean, learning_starts, env.num_envs)
-            new_obs, rewards, dones, infos = env.step(actions)
+            batches = self._batches_ahead(env, callback, replay_buffer, train_freq)
+            if batches is None:
+                new_obs, rewards, dones, infos = env.step(actions)
+            else:  # the update SB3 makes after this step, made while the envs step (_batches_ahead)
+                env.step_async(actions)
+                self._update_current_progress_remaining(self.num_timesteps + env.num_envs, self._total_timesteps)
+                self._train_lean(lean, replay_buffer, len(batches), self.batch_size, batches)
+                self._made_update = len(batches)
+                self._set_training_mode(False)
+                new_obs, rewards, dones, infos = env.step_wait()
+                if np.any(dones):
+                    raise RuntimeError("FastSAC: an episode ended at a step its VecEnv said would end none")
             self.num_timesteps += env.num_envs
             num_collected_steps += 1
             callback.update_locals({"self": self, "env": env, "callback": callback, "train_freq": train_freq,
@@ -503,6 +556,8 @@ class FastSAC(SAC):
                                     "buffer_actions": buffer_actions, "new_obs": new_obs, "rewards": rewards,
                                     "dones": dones, "infos": infos})
             if not callback.on_step():
+                if batches is not None:
+                    raise RuntimeError("FastSAC: a callback stopped training at a step it allowed to overlap")
                 return RolloutReturn(num_collected_steps * env.num_envs, num_collected_episodes, continue_training=False)
             self._update_info_buffer(infos, dones)
             self._store_flat(replay_buffer, buffer_actions, new_obs, rewards, dones, infos)
@@ -516,6 +571,35 @@ class FastSAC(SAC):
                         self.dump_logs()
         callback.on_rollout_end()
         return RolloutReturn(num_collected_steps * env.num_envs, num_collected_episodes, continue_training)
+
+    def _batches_ahead(self, env: VecEnv, callback: BaseCallback, buf: FlatDictReplayBuffer,
+                       train_freq: TrainFreq) -> list[FlatSamples] | None:
+        """The batches of the gradient steps ``learn`` makes right after the coming env step, drawn now,
+        before that step, when that draws and reads exactly what SB3 would; None otherwise (NumPy's
+        generator then as it was). Every condition keeps SB3's numbers:
+
+        - one env step per rollout (``train_freq`` 1 step) and ``gradient_steps >= 1``, past
+          ``learning_starts``: ``learn`` then calls ``train(gradient_steps)`` right after this step;
+        - no episode ends at this step (the VecEnv's ``episode_ends_next``): a HER buffer samples
+          finished episodes only, and SB3 writes its logs when episodes end;
+        - no batch reads the row this step's transitions go to (``sample_flat_before_add``);
+        - every callback allows it (:func:`allows_overlap`).
+        """
+        steps = self.gradient_steps
+        ends_next = getattr(type(env), "episode_ends_next", None)  # the class's: a wrapper may change dones
+        if (not self.overlaps_env_steps or ends_next is None or steps < 1 or train_freq.frequency != 1 or train_freq.unit != TrainFrequencyUnit.STEP
+                or self.num_timesteps + env.num_envs <= max(self.learning_starts, 0)
+                or ends_next(env) or not allows_overlap(callback)):
+            return None
+        state = np.random.get_state()
+        batches = []
+        for _ in range(steps):
+            batch = buf.sample_flat_before_add(self.batch_size)
+            if batch is None:
+                np.random.set_state(state)
+                return None
+            batches.append(batch)
+        return batches
 
     def _lean_sample_action(self, lean: LeanSAC, learning_starts: int, n_envs: int) -> tuple[np.ndarray, np.ndarray]:
         """``_sample_action`` without action noise: (env actions [n_envs, A], buffer actions in [-1, 1])."""
@@ -551,11 +635,25 @@ class FastSAC(SAC):
         return self._steppers  # type: ignore[return-value]
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
-        """``SAC.train``: same draws, same tensor operations in the same order."""
+        """``SAC.train``: same draws, same tensor operations in the same order (nothing when
+        ``collect_rollouts`` already made these gradient steps while the envs stepped)."""
+        made, self._made_update = self._made_update, 0
+        if made:
+            if (made, batch_size) != (gradient_steps, self.batch_size):
+                raise RuntimeError(f"FastSAC: made {made} gradient steps of {self.batch_size} during the env step, "
+                                   f"asked for {gradient_steps} of {batch_size}")
+            self._set_training_mode(True)  # the flags SB3's train leaves
+            return None
         lean = self._lean()
         buf = self.replay_buffer
         if lean is None or not isinstance(buf, FlatDictReplayBuffer):
             return super().train(gradient_steps, batch_size)
+        self._train_lean(lean, buf, gradient_steps, batch_size, None)
+        return None
+
+    def _train_lean(self, lean: LeanSAC, buf: FlatDictReplayBuffer, gradient_steps: int, batch_size: int,
+                    batches: list[FlatSamples] | None) -> None:
+        """The lean ``SAC.train``; ``batches``: the gradient steps' batches, already drawn (else drawn here)."""
         self._set_training_mode(True)
         optimizers = [self.actor.optimizer, self.critic.optimizer]
         if self.ent_coef_optimizer is not None:
@@ -571,7 +669,7 @@ class FastSAC(SAC):
         actor_losses: list[float] = []
         critic_losses: list[float] = []
         for gradient_step in range(gradient_steps):
-            data = buf.sample_flat(batch_size)
+            data = buf.sample_flat(batch_size) if batches is None else batches[gradient_step]
             actions_pi, log_prob = lean.action_log_prob(data.observations)
             log_prob = log_prob.reshape(-1, 1)
 

@@ -33,8 +33,7 @@ from fetchrl.algos.sac import SACConfig
 from fetchrl.artifacts import ThroughputPoint, ThroughputResult, atomic_path, now_iso
 from fetchrl.config import TrainConfig
 from fetchrl.errors import FetchRLError
-from fetchrl.pipeline.setup import new_model, runtime_for, torch_threads
-from fetchrl.vecenv.factory import make_vec_env
+from fetchrl.pipeline.setup import new_model, runtime_for, torch_threads, training_env
 
 #: Efficiency (speed-up over the ideal) below which scaling is called no longer linear.
 LINEAR_BELOW = 0.8
@@ -77,7 +76,7 @@ def time_one(config: TrainConfig) -> tuple[int, float]:
     algo = config.algo
     assert isinstance(algo, SACConfig)
     runtime = runtime_for(config)
-    env = make_vec_env(runtime, config.n_envs, seed=config.seed)
+    env = training_env(config, runtime)
     try:
         with torch_threads(runtime):
             model = new_model(config, runtime, env)

@@ -49,6 +49,10 @@ class ProgressCallback(BaseCallback):
         if self._bar is not None:
             self._bar.close()
 
+    def allows_overlap(self) -> bool:
+        """For :func:`fetchrl.algos.fastsac.allows_overlap`: always (it reads counters and episode infos only)."""
+        return True
+
 
 class StopFlagCallback(BaseCallback):
     """Return False (SB3's way to stop ``learn``) as soon as ``should_stop()`` is true.
@@ -123,6 +127,12 @@ class FinalLogCallback(BaseCallback):
         logger = self.model.logger
         if logger.name_to_value and self._dumped_at != self.model.num_timesteps:
             logger.dump(step=self.model.num_timesteps)
+
+    def allows_overlap(self) -> bool:
+        """For :func:`fetchrl.algos.fastsac.allows_overlap`: always. A step whose update is overlapped ends
+        no episode, so SB3 dumps no logs in it, and the logger holds an update's values at
+        ``on_rollout_end`` either way."""
+        return True
 
     def _on_step(self) -> bool:
         return True

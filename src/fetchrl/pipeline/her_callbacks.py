@@ -122,6 +122,12 @@ class HERDiagnosticsCallback(BaseCallback):
             self._episode_start = start.reshape(n_envs, -1)
         self._next_stats = int(getattr(self.model, "_n_updates", 0)) + self.every
 
+    def allows_overlap(self) -> bool:
+        """For :func:`fetchrl.algos.fastsac.allows_overlap`: not at a step where it measures the reward-0
+        fractions (due by the update count, which the overlapped update would already have moved); the
+        object's displacement comes from the step's observations."""
+        return int(getattr(self.model, "_n_updates", 0)) + 1 < self._next_stats
+
     def _on_step(self) -> bool:
         if self.track_object:
             self._track_object()

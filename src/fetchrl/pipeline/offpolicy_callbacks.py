@@ -263,6 +263,12 @@ class SACDiagnosticsCallback(BaseCallback):
             raise FetchRLError("SACDiagnosticsCallback: cannot tell the training env's id; pass eval_env=")
         return envs.make_env(Runtime.decide(env_id))
 
+    def allows_overlap(self) -> bool:
+        """For :func:`fetchrl.algos.fastsac.allows_overlap`: not at a step where it measures (it reads the
+        critics, the actor and the update count, which the overlapped update would already have moved)."""
+        due_eval = self.eval_every and self.model.num_timesteps + self.training_env.num_envs >= self._next_eval
+        return self._gradient_steps() + 1 < self._next_stats and not due_eval
+
     def _on_step(self) -> bool:
         model = cast(SAC, self.model)  # an SB3 SAC (or a subclass: FastSAC); BaseAlgorithm has no replay buffer
         steps = self._gradient_steps()
@@ -352,6 +358,11 @@ class EntCoefFloorCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self._clamp()
+
+    def allows_overlap(self) -> bool:
+        """For :func:`fetchrl.algos.fastsac.allows_overlap`: only with a fixed coefficient, when it does
+        nothing (its clamp must come before the update, which an overlapped update would precede)."""
+        return getattr(self.model, "log_ent_coef", None) is None
 
     def _on_step(self) -> bool:
         return True

@@ -377,6 +377,12 @@ class DueSnapshots(RolloutSnapshots):
     def _on_step(self) -> bool:
         return not self.stopping
 
+    def allows_overlap(self) -> bool:
+        """For :func:`fetchrl.algos.fastsac.allows_overlap`: unless it stops training at this step. Its
+        snapshot was taken at this step's ``on_rollout_start``, before the overlapped update; a signal
+        arriving during that update is acted on at the next boundary, like one during any update."""
+        return not self.stopping
+
 
 # ============================================================================ TensorBoard
 def truncate_event_files(tb_dir: Any, max_step: int) -> int:

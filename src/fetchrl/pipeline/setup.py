@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
 
 from fetchrl.algos.base import Algorithm
 from fetchrl.algos.ppo import PPO
 from fetchrl.config import TrainConfig
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
+from fetchrl.vecenv.factory import make_vec_env
 
 
 def runtime_for(config: TrainConfig) -> Runtime:
@@ -32,6 +34,14 @@ def model_class(runtime: Runtime, algorithm: Algorithm = PPO) -> type[BaseAlgori
     fast path (FastPPO: SB3's PPO, same numbers, less Python per step), SB3's own class on the
     reference path, so that ``--reference-env`` stays plain SB3."""
     return algorithm.model_class(fast=runtime.fast)
+
+
+def training_env(config: TrainConfig, runtime: Runtime) -> VecEnv:
+    """The VecEnv a run of ``config`` trains on: ``config.n_envs`` envs seeded from ``config.seed`` on
+    ``runtime``'s path, stepped all in the worker process when the model class works while they step
+    (``overlaps_env_steps``: FastSAC's gradient step)."""
+    overlaps = bool(getattr(model_class(runtime, config.algorithm), "overlaps_env_steps", False))
+    return make_vec_env(runtime, config.n_envs, seed=config.seed, all_in_worker=overlaps)
 
 
 def new_model(config: TrainConfig, runtime: Runtime, env: Any) -> Any:

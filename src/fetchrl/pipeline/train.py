@@ -81,10 +81,9 @@ from fetchrl.pipeline.resume import (
     restore_rng,
     truncate_event_files,
 )
-from fetchrl.pipeline.setup import new_model, runtime_for, torch_threads
+from fetchrl.pipeline.setup import new_model, runtime_for, torch_threads, training_env
 from fetchrl.runtime import Runtime
 from fetchrl.tasks import envs
-from fetchrl.vecenv.factory import make_vec_env
 
 #: Exit codes of a process stopped by a signal (128 + signal number), as shells report them.
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -561,7 +560,7 @@ def _start(config: TrainConfig, run: RunPlan, runtime: Runtime, env: Any) -> _St
 
 def _learn(config: TrainConfig, run: RunPlan, runtime: Runtime, stop: StopRequest, *,
            progress: bool, checkpoint_every: int, command: CommandLine) -> TrainMeta:
-    env = make_vec_env(runtime, config.n_envs, seed=config.seed)
+    env = training_env(config, runtime)
     try:
         start = _start(config, run, runtime, env)
         model = start.model

@@ -1,8 +1,10 @@
 """fetchrl's process-parallel VecEnv: SB3's ``VecEnv`` API over envs stepped in two processes.
 
 :class:`ProcessVecEnv` steps half its envs in this process and half in a worker process
-(:func:`fetchrl.vecenv.worker.serve`), in lockstep through shared memory. ``step_async`` returns at
-once, so the caller can work while the physics runs (:class:`fetchrl.algos.fastppo.FastPPO` does). It
+(:func:`fetchrl.vecenv.worker.serve`), or with ``all_in_worker`` all of them there, in lockstep
+through shared memory. ``step_async`` returns at once, so the caller can work while the physics runs
+(:class:`fetchrl.algos.fastppo.FastPPO` steps its half; :class:`fetchrl.algos.fastsac.FastSAC` makes
+its gradient step). It
 folds in the bookkeeping of ``TimeLimit`` (Fetch never terminates; every episode is *truncated* at 50
 steps) and SB3's ``Monitor`` (``info["episode"]``), and returns exactly what
 ``DummyVecEnv(Monitor(gym.make(id)))`` returns for the same seed: observations, float32 rewards,
@@ -117,10 +119,14 @@ class ProcessVecEnv(VecEnv):
             :func:`fetchrl.runtime.default_env_procs`; a :class:`~fetchrl.runtime.Runtime` passes its ``env_procs``).
         render_mode: None or "rgb_array" (rendering envs stay in this process).
         max_episode_steps: truncation length (50 for every Fetch task).
+        all_in_worker: with a worker, step every env there (none here), so that this process is free
+            while they step: :class:`fetchrl.algos.fastsac.FastSAC` makes its gradient step then.
+            A plain ``step`` then waits for all ``n_envs`` stepped one after another.
     """
 
     def __init__(self, env_id: str, n_envs: int, *, seed: int, n_procs: int | None = None,
-                 render_mode: str | None = None, max_episode_steps: int = MAX_EPISODE_STEPS) -> None:
+                 render_mode: str | None = None, max_episode_steps: int = MAX_EPISODE_STEPS,
+                 all_in_worker: bool = False) -> None:
         check_id(env_id)
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
@@ -129,9 +135,12 @@ class ProcessVecEnv(VecEnv):
             n_procs = 1  # rendering envs stay here; a daemonic process may not have children
         self.num_envs = n_envs  # what _get_indices reads, before VecEnv.__init__ (which calls get_attr)
         self.env_id = env_id  # its raw fast envs carry no gym spec (e.g. for an evaluation env's factory)
-        self.n_local = n_envs - (n_envs // 2 if n_procs > 1 else 0)
+        self.max_episode_steps = max_episode_steps
+        self.n_local = 0 if n_procs > 1 and all_in_worker else n_envs - (n_envs // 2 if n_procs > 1 else 0)
         self.envs = build_envs(env_id, range(self.n_local), seed, render_mode)  # this process's envs
-        env = self.envs[0]
+        env = self.envs[0] if self.envs else build_envs(env_id, [0], seed)[0]  # the spaces
+        if not self.envs:
+            env.close()
         keys, shapes, dtypes = obs_space_info(env.observation_space)
         act_space = env.action_space
         layout = RowLayout(n=n_envs, obs=tuple((k, tuple(shapes[k]), np.dtype(dtypes[k]).str) for k in keys),  # type: ignore[misc]
@@ -140,6 +149,8 @@ class ProcessVecEnv(VecEnv):
         buf: Buffer = ctx.RawArray("b", layout.nbytes()) if ctx is not None else bytearray(layout.nbytes())
         self.rows = layout.views(buf)
         self._local = EnvRows(self.envs, 0, self.rows, max_episode_steps)
+        self._elapsed = np.zeros(n_envs, dtype=np.int64)
+        """Steps of each env's current episode, counted here for all envs (see :meth:`episode_ends_next`)."""
         self._in_flight = False
         self._local_pending = False
         self._error: BaseException | None = None
@@ -260,7 +271,16 @@ class ProcessVecEnv(VecEnv):
             raise error
         r = self.rows
         infos = [r.info(i) for i in range(self.num_envs)]
-        return self._obs_from_buf(), r.rewards.copy(), r.dones.copy(), infos
+        dones = r.dones.copy()
+        self._elapsed += 1
+        self._elapsed[dones] = 0
+        return self._obs_from_buf(), r.rewards.copy(), dones, infos
+
+    def episode_ends_next(self) -> bool:
+        """Whether the next ``step`` ends an episode of any env: exactly when one reaches the time limit,
+        since fetchrl's fast envs never terminate (their ``step`` in :mod:`fetchrl.tasks.fetchbase`
+        always returns ``terminated=False``)."""
+        return bool((self._elapsed + 1 >= self.max_episode_steps).any())
 
     def _finish_step(self) -> None:
         """Wait for a step still running (before reset/close/state access touch the envs)."""
@@ -275,6 +295,7 @@ class ProcessVecEnv(VecEnv):
         infos = self._local.reset_all(self._seeds[:n], options[:n])
         if self._worker is not None:
             infos += self._call("reset_all", self._seeds[n:], options[n:])
+        self._elapsed[:] = 0
         self.reset_infos = infos
         self._reset_seeds()
         self._reset_options()
@@ -315,6 +336,7 @@ class ProcessVecEnv(VecEnv):
         self._local.set_state(states[:self.n_local])
         if self._worker is not None:
             self._call("set_state", list(states[self.n_local:]))
+        self._elapsed[:] = [st["elapsed"] for st in states]
 
     # ------------------------------------------------------------------ SB3 VecEnv plumbing
     def get_images(self) -> Sequence[np.ndarray | None]:
