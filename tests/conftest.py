@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,23 @@ def _no_env_worker_outlives_its_test() -> Iterator[None]:
     from fetchrl.vecenv.process import close_open_envs
 
     close_open_envs()
+
+
+@pytest.fixture
+def overlap_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """One entry per FastSAC update the test makes, in order: True when it was made while the envs stepped
+    (``FastSAC._train_lean`` got a batch drawn ahead), False when steps and updates took turns."""
+    from fetchrl.algos.fastsac import FastSAC
+
+    calls: list[bool] = []
+    inner = FastSAC._train_lean
+
+    def spy(self: FastSAC, lean: Any, buf: Any, gradient_steps: int, batch_size: int, batches: Any) -> None:
+        calls.append(batches is not None)
+        inner(self, lean, buf, gradient_steps, batch_size, batches)
+
+    monkeypatch.setattr(FastSAC, "_train_lean", spy)
+    return calls
 
 
 @pytest.fixture(scope="session")

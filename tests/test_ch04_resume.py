@@ -221,8 +221,8 @@ def test_a_stopped_training_process_resumes_to_the_uninterrupted_run(
 
 
 # ============================================================================ overlap
-def test_updates_made_while_the_envs_step_train_and_log_what_turn_taking_does(tmp_path: Path,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_updates_made_while_the_envs_step_train_and_log_what_turn_taking_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap_calls: list[bool]) -> None:
     """Through the pipeline (its VecEnv with every env in the worker, its callbacks: snapshots, progress,
     SAC and HER diagnostics): a run whose updates are mostly made while the envs step equals the same run
     with env steps and updates in turn (``FastSAC.overlaps_env_steps`` off: the envs split between the two
@@ -230,14 +230,7 @@ def test_updates_made_while_the_envs_step_train_and_log_what_turn_taking_does(tm
     from fetchrl.algos.fastsac import FastSAC
     from fetchrl.analysis.tbreader import read_scalars
 
-    calls: list[bool] = []
-    inner = FastSAC._train_lean
-
-    def spy(self: FastSAC, lean: Any, buf: Any, gradient_steps: int, batch_size: int, batches: Any) -> None:
-        calls.append(batches is not None)
-        inner(self, lean, buf, gradient_steps, batch_size, batches)
-
-    monkeypatch.setattr(FastSAC, "_train_lean", spy)
+    calls = overlap_calls
     overlapped, in_turn = tmp_path / "overlapped", tmp_path / "in_turn"
     assert _train(overlapped, TOTAL) == 0
     made_while_stepping = calls.count(True)

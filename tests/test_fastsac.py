@@ -59,25 +59,11 @@ def _fast_vec(n_envs: int, seed: int) -> Any:
     return factory.make_vec_env(Runtime.decide(ENV_ID), n_envs, seed=seed)
 
 
-def overlap_spy(model: Any, calls: list[bool]) -> None:
-    """Record each lean update of ``model`` (a FastSAC) in ``calls``: True when made while the envs stepped."""
-    inner = model._train_lean
-
-    def spy(lean: Any, buf: Any, gradient_steps: int, batch_size: int, batches: Any) -> None:
-        calls.append(batches is not None)
-        inner(lean, buf, gradient_steps, batch_size, batches)
-
-    model._train_lean = spy
-
-
-def _train(cls: type, vec: Any, seed: int, steps: int, calls: list[bool] | None = None, callback: Any = None,
+def _train(cls: type, vec: Any, seed: int, steps: int, callback: Any = None,
            **overrides: Any) -> tuple[Any, list[tuple[str, Any]]]:
     """Train ``cls`` for ``steps``; returns the model and every train/ and rollout/ value it logged,
-    with the generators' states after training appended as ("rng/torch", ...), ("rng/numpy", ...).
-    ``calls``: filled by :func:`overlap_spy`."""
+    with the generators' states after training appended as ("rng/torch", ...), ("rng/numpy", ...)."""
     model = cls("MultiInputPolicy", vec, seed=seed, device="cpu", verbose=0, **{**TINY, **overrides})
-    if calls is not None:
-        overlap_spy(model, calls)
     model.set_logger(configure(None, []))
     logged: list[tuple[str, Any]] = []
     record = model.logger.record
@@ -157,7 +143,7 @@ def test_fast_path_equals_the_chapters_plain_sb3_setup() -> None:
     fast.env.close()
 
 
-def test_updates_made_while_the_envs_step_change_nothing() -> None:
+def test_updates_made_while_the_envs_step_change_nothing(overlap_calls: list[bool]) -> None:
     """The pipeline's VecEnv for FastSAC steps all 8 envs in its worker, and FastSAC makes the update of
     step t while they step when the batch can be drawn before (batch 32 here, so that some batches do
     read the row of step t and wait for it, as do the steps that end episodes): plain SB3's buffer,
@@ -167,8 +153,8 @@ def test_updates_made_while_the_envs_step_change_nothing() -> None:
     ref, logged_ref = _train(SAC, _stock_vec(8, 3), 3, steps, batch_size=32)
     vec = factory.make_vec_env(Runtime.decide(ENV_ID), 8, seed=3, all_in_worker=FastSAC.overlaps_env_steps)
     assert vec.n_local == 0 and vec.n_procs == 2
-    calls: list[bool] = []
-    fast, logged_fast = _train(FastSAC, vec, 3, steps, calls=calls, batch_size=32)
+    fast, logged_fast = _train(FastSAC, vec, 3, steps, batch_size=32)
+    calls = overlap_calls
     assert len(calls) == fast._n_updates == 110 and calls.count(True) >= 40 and calls.count(False) >= 10, calls
     _assert_same_state(ref, fast)
     _assert_same_buffer(ref.replay_buffer, fast.replay_buffer)
@@ -184,14 +170,12 @@ class _Unknown(BaseCallback):
         return True
 
 
-def test_a_callback_without_allows_overlap_keeps_steps_and_updates_in_turn() -> None:
+def test_a_callback_without_allows_overlap_keeps_steps_and_updates_in_turn(overlap_calls: list[bool]) -> None:
     torch.set_num_threads(1)
-    calls: list[bool] = []
-    fast, _ = _train(FastSAC, _fast_vec(8, 3), 3, 8 * 60, calls=calls, callback=_Unknown(), batch_size=32)
-    assert len(calls) == 20 and not any(calls)
-    again: list[bool] = []
-    fast2, _ = _train(FastSAC, _fast_vec(8, 3), 3, 8 * 60, calls=again, callback=[], batch_size=32)
-    assert any(again)  # an empty list allows it: the difference above is the callback's
+    fast, _ = _train(FastSAC, _fast_vec(8, 3), 3, 8 * 60, callback=_Unknown(), batch_size=32)
+    assert len(overlap_calls) == 20 and not any(overlap_calls)
+    fast2, _ = _train(FastSAC, _fast_vec(8, 3), 3, 8 * 60, callback=[], batch_size=32)
+    assert len(overlap_calls) == 40 and any(overlap_calls[20:])  # an empty list allows it: the difference above is the callback's
     _assert_same_state(fast, fast2)
     fast.env.close()
     fast2.env.close()

@@ -18,6 +18,7 @@ thread, in this process and in the subprocesses alike, so both compute the same 
 from __future__ import annotations
 
 import ast
+import contextlib
 import ctypes.util
 import json
 import os
@@ -416,6 +417,115 @@ def test_kill_9_loses_at_most_one_checkpoint_interval(reference: RunPaths, tmp_p
     assert_same_training(expected, paths)
     assert_same_curves(expected.tb_dir, paths.tb_dir)  # events logged after the checkpoint were dropped
 
+
+
+
+#: Steps of the multi-seed reruns below: longer than where the killed sweeps are stopped (~2 rollouts).
+SWEEP_TOTAL = 2 * SMALL.total_steps
+
+
+def _multi_seed(root: Path, total: int, *extra: str) -> list[str]:
+    return ["multi-seed", "--seeds", "1", "--workers", "1", "--no-progress", "--root", str(root), *SMALL_ARGS,
+            "--total-steps", str(total), "--n-eval-episodes", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def sweep_reference(tmp_path_factory: pytest.TempPathFactory) -> RunPaths:
+    """An uninterrupted multi-seed of SWEEP_TOTAL steps: what a killed sweep's rerun must equal (its worker
+    sets its own torch threads, so the reference runs through the same command)."""
+    root = tmp_path_factory.mktemp("sweep_reference")
+    assert main(_multi_seed(root, SWEEP_TOTAL)) in (0, 1)  # one seed: no robustness verdict either way
+    return RunPaths(SMALL.env_id, SMALL.seed, root)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descending from it (read from /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop(0))
+        todo.extend(children.get(out[-1], []))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _start_multi_seed(root: Path) -> subprocess.Popen[str]:
+    """A multi-seed far longer than the test waits, checkpointing every rollout; its own session."""
+    return subprocess.Popen([sys.executable, str(SCRIPT), *_multi_seed(root, 1_000_000, "--checkpoint-every",
+                                                                       str(ROLLOUT))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env(),
+                            cwd=REPO, start_new_session=True)
+
+
+def _rerun_equals_the_uninterrupted_sweep(root: Path, reference: RunPaths) -> None:
+    paths = RunPaths(SMALL.env_id, SMALL.seed, root)
+    assert main(_multi_seed(root, SWEEP_TOTAL)) in (0, 1)
+    assert TrainMeta.from_json(paths.meta).complete and EvalResult.from_json(paths.eval_json).n_episodes == 2
+    assert_same_training(reference, paths)
+    assert_same_curves(reference.tb_dir, paths.tb_dir)
+
+
+def test_a_sweep_killed_outright_continues_from_its_last_periodic_checkpoint(
+        sweep_reference: RunPaths, tmp_path: Path) -> None:
+    """multi-seed --checkpoint-every, then kill -9 to the driver and its worker at once (a closed session, the
+    OOM killer): the last periodic checkpoint is all that is left, and the rerun continues from it, bit-exact."""
+    paths = RunPaths(SMALL.env_id, SMALL.seed, tmp_path)
+    proc = _start_multi_seed(tmp_path)
+    try:
+        _wait_until(proc, lambda: _meta_steps(paths) >= 2 * ROLLOUT)
+    finally:
+        for pid in reversed(_process_tree(proc.pid)):  # the worker first: no time to save anything
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+    meta = TrainMeta.from_json(paths.meta)
+    assert meta.stop_reason == "in progress (periodic checkpoint)" and not meta.complete
+    assert 2 * ROLLOUT <= meta.num_timesteps < SWEEP_TOTAL and meta.num_timesteps % ROLLOUT == 0
+    _rerun_equals_the_uninterrupted_sweep(tmp_path, sweep_reference)
+
+
+def test_a_sweep_whose_driver_is_killed_saves_and_leaves_no_worker_behind(
+        sweep_reference: RunPaths, tmp_path: Path) -> None:
+    """kill -9 to the driver alone: its worker notices, saves an incomplete checkpoint and exits (before the
+    fix it then waited for a next task forever, holding the driver's stdout); the rerun continues it."""
+    paths = RunPaths(SMALL.env_id, SMALL.seed, tmp_path)
+    proc = _start_multi_seed(tmp_path)
+    try:
+        _wait_until(proc, lambda: _meta_steps(paths) >= ROLLOUT)
+        tree = _process_tree(proc.pid)
+        proc.kill()
+        proc.communicate(timeout=60)  # returns once no process holds the pipes: the worker exited
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in tree[1:]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in tree[1:] if _alive(pid)]
+    meta = TrainMeta.from_json(paths.meta)
+    assert meta.stop_reason == "interrupted by SIGTERM" and not meta.complete
+    assert meta.num_timesteps < SWEEP_TOTAL
+    _rerun_equals_the_uninterrupted_sweep(tmp_path, sweep_reference)
+
+def test_checkpoint_every_is_refused_with_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ray task ships its run back only when it ends: a periodic checkpoint there would be a false promise."""
+    assert main(["multi-seed", "--backend", "ray", "--checkpoint-every", "1000", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--checkpoint-every needs --backend local" in err
+    assert not any(tmp_path.iterdir())
 
 def test_event_files_are_truncated_to_the_checkpoint(tmp_path: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter

@@ -205,6 +205,7 @@ def _sweep_options(chapter: Chapter) -> _Parser:
     g.add_argument("--ray-address", default=None,
                    help="with --backend ray: auto (cluster started by 'ray start' on this machine) or HOST:PORT "
                         "(default: start a local Ray instance)")
+    _checkpoint_every(g, "each trial also checkpoints")
     return p
 
 
@@ -311,7 +312,8 @@ def cmd_multi_seed(args: argparse.Namespace) -> int:
 
     return multi_seed(_train_config(args), _eval_config(args), list(range(args.seeds)), args.root,
                       backend=args.backend, workers=args.workers, ray_address=args.ray_address,
-                      progress=not args.no_progress, names=_chapter(args).names_for(args.env_id))
+                      progress=not args.no_progress, names=_chapter(args).names_for(args.env_id),
+                      checkpoint_every=args.checkpoint_every)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -331,7 +333,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                   param=chapter.ablation.param, exercise=chapter.ablation.exercise,
                   flag=chapter.ablation.flag or f"{flag_name(chapter.ablation.param)}s",
                   names=chapter.names_for(args.env_id), backend=args.backend, workers=args.workers,
-                  ray_address=args.ray_address, progress=not args.no_progress)
+                  ray_address=args.ray_address, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -340,7 +342,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     return sweep(args.name, _train_config(args), _eval_config(args), list(range(args.seeds)), parse_grid(args.grid),
                  args.root, backend=args.backend, workers=args.workers, ray_address=args.ray_address,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -389,11 +391,12 @@ def cmd_compare_arms(args: argparse.Namespace) -> int:
     assert treatment.control is not None  # the command is this chapter's only when it has a control arm
     arms = (treatment, treatment.control)
     configs = [_arm_config(args, arm) for arm in arms]  # HER-only flags apply to the HER arm
-    inputs = [ArmInput(arm.names_for(args.env_id), arm.names_for(args.env_id).title, cfg.total_steps)
-              for arm, cfg in zip(arms, configs, strict=True)]
+    names = [arm.names_for(args.env_id) for arm in arms]
+    inputs = [ArmInput(n, n.title, cfg.total_steps) for n, cfg in zip(names, configs, strict=True)]
     return compare_arms(configs, inputs, _eval_config(args), list(range(args.seeds)), args.root,
                         chapter=treatment.id, backend=args.backend, workers=args.workers,
-                        ray_address=args.ray_address, progress=not args.no_progress)
+                        ray_address=args.ray_address, progress=not args.no_progress,
+                        checkpoint_every=args.checkpoint_every)
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
@@ -442,10 +445,10 @@ def _train_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:
     _checkpoint_every(p)
 
 
-def _checkpoint_every(p: argparse.ArgumentParser) -> None:
+def _checkpoint_every(p: argparse.ArgumentParser | argparse._ArgumentGroup, who: str = "also checkpoint") -> None:
     p.add_argument("--checkpoint-every", type=_run_int("checkpoint_every"), default=0, metavar="STEPS",
-                   help="also checkpoint at the first rollout boundary after every STEPS steps (default: "
-                        "only at the end and on Ctrl-C/SIGTERM)")
+                   help=f"{who} at the first rollout boundary after every STEPS steps (default: only at the end "
+                        "and on Ctrl-C/SIGTERM), so a killed run loses at most about STEPS steps")
 
 
 def _all_extras(p: argparse.ArgumentParser, chapter: Chapter) -> None:

@@ -5,10 +5,11 @@ Each function returns the process exit code; the CLI only parses arguments and c
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict, Unpack
+from typing import TYPE_CHECKING, NotRequired, TypedDict, Unpack
 
 from rich.markup import escape
 
@@ -142,28 +143,33 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
 
 # ============================================================================ sweeps
 class RunOptions(TypedDict):
-    """How a sweep's trials run (:func:`fetchrl.sweep.base.run_trials`'s keywords)."""
+    """How a sweep's trials run (:func:`fetchrl.sweep.base.run_trials`'s keywords, and the trials' checkpoints)."""
 
     backend: str
     workers: int | None
     ray_address: str | None
     progress: bool
+    checkpoint_every: NotRequired[int]
+    """As ``train --checkpoint-every``, for every trial (local backend only)."""
 
 
-def _run_plan(plan: SweepPlan, *, backend: str, workers: int | None, ray_address: str | None,
-              progress: bool) -> dict[str, list[int]]:
+def _run_plan(plan: SweepPlan, **kw: Unpack[RunOptions]) -> dict[str, list[int]]:
     """Run a SweepPlan; returns the failed seeds per configuration tag."""
-    return _run_plans([plan], backend=backend, workers=workers, ray_address=ray_address, progress=progress)
+    return _run_plans([plan], **kw)
 
 
 def _run_plans(plans: Sequence[SweepPlan], *, backend: str, workers: int | None, ray_address: str | None,
-               progress: bool) -> dict[str, list[int]]:
+               progress: bool, checkpoint_every: int = 0) -> dict[str, list[int]]:
     """Run the trials of several SweepPlans in one sweep (one worker pool, one progress display); returns the
     failed seeds per configuration tag (tags must differ across the plans)."""
     from fetchrl.sweep.base import run_trials
 
-    outcomes = run_trials([t for plan in plans for t in plan.trials()], backend=backend, workers=workers,
-                          ray_address=ray_address, progress=progress)
+    if checkpoint_every and backend != "local":
+        # a Ray task trains in a temp dir on its node and ships the run back only when it ends: a periodic
+        # checkpoint there would not survive the task, so it would promise what it cannot keep
+        raise FetchRLError("--checkpoint-every needs --backend local (a Ray task's run comes back only when it ends)")
+    trials = [dataclasses.replace(t, checkpoint_every=checkpoint_every) for plan in plans for t in plan.trials()]
+    outcomes = run_trials(trials, backend=backend, workers=workers, ray_address=ray_address, progress=progress)
     failed: dict[str, list[int]] = {tag: [] for plan in plans for tag in plan.configs}
     for o in outcomes:
         if not o.ok:
@@ -203,7 +209,7 @@ def _print_aggregate(agg: artifacts.MultiSeedAggregate) -> None:
 
 def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int], root: Path, *,
                backend: str = "local", workers: int | None = None, ray_address: str | None = None,
-               progress: bool = True, names: ArtifactNames = DEFAULT_NAMES) -> int:
+               progress: bool = True, names: ArtifactNames = DEFAULT_NAMES, checkpoint_every: int = 0) -> int:
     """Exercise 2.2: seeds in parallel, aggregate from the eval JSONs, chapter's robustness verdict.
 
     ``names``: the chapter's artifact names (default chapter 2's).
@@ -213,7 +219,8 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
     from fetchrl.sweep.plan import SweepPlan
 
     plan = SweepPlan("multi_seed", config, eval_config, list(seeds), {"default": {}}, root, names)
-    failed = _run_plan(plan, backend=backend, workers=workers, ray_address=ray_address, progress=progress)
+    failed = _run_plan(plan, backend=backend, workers=workers, ray_address=ray_address, progress=progress,
+                       checkpoint_every=checkpoint_every)
     agg = plan.aggregates()["default"]
     out = artifacts.multi_seed_aggregate_path(root, names)
     agg.to_json(out)

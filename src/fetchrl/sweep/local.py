@@ -11,6 +11,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -28,24 +29,51 @@ from fetchrl.sweep.trials import Attempt, Trial, TrialOutcome, run_trial_in_work
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
+#: Set in a local worker while it runs a trial (see :func:`local_worker_init`).
+_busy = threading.Event()
+#: The worker's driver, as the worker saw it at start.
+_driver_pid = 0
+
+
 def local_worker_init(torch_threads: int) -> None:
     """A local worker: thread limits, its own process group, and it stops when its driver dies.
 
     Own process group: a terminal's Ctrl-C reaches only the driver, which forwards it exactly once
     (a worker that got it twice would take the second as "quit now" and skip saving). A driver
-    killed with SIGKILL cannot forward anything, so each worker watches its parent and sends itself
-    SIGTERM — training then stops and saves an incomplete, resumable checkpoint.
+    killed with SIGKILL cannot forward anything, so each worker watches its parent: in a trial it sends
+    itself SIGTERM — training then stops and saves an incomplete, resumable checkpoint, and
+    :func:`run_in_local_worker` exits — otherwise it exits at once. (A pool worker left idle would wait
+    for its next task forever, holding the dead driver's stdout and stderr open.)
     """
+    global _driver_pid
     worker_init(torch_threads)
     os.setpgrp()
-    parent = os.getppid()
+    _driver_pid = parent = os.getppid()
 
     def watch_parent() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if _busy.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            os._exit(1)
 
     threading.Thread(target=watch_parent, name="fetchrl-parent-watch", daemon=True).start()
+
+
+def run_in_local_worker(trial: Trial) -> Attempt:
+    """:func:`run_trial_in_worker` in a local worker; the worker exits after it when the driver died meanwhile
+    (nobody is left to read the result)."""
+    _busy.set()
+    try:
+        attempt = run_trial_in_worker(trial)
+    finally:
+        _busy.clear()
+    if os.getppid() != _driver_pid:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    return attempt
 
 
 def _attempt_result(fut: Future[Attempt]) -> Attempt:
@@ -116,7 +144,7 @@ def run_local(trials: Sequence[Trial], workers: int, progress: SweepProgress) ->
                                                initargs=(threads,))
                     stop.pools.append(pool)
                     ledger.start(i)
-                    running[pool.submit(run_trial_in_worker, trials[i])] = (i, pool)
+                    running[pool.submit(run_in_local_worker, trials[i])] = (i, pool)
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in finished:
                     i, pool = running.pop(fut)

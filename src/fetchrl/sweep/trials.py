@@ -42,6 +42,10 @@ class Trial:
     """Configuration label, e.g. ``clip_range=0.1`` (seeds of one tag are aggregated together)."""
     names: ArtifactNames = DEFAULT_NAMES
     """The chapter's artifact names (default chapter 2's)."""
+    checkpoint_every: int = 0
+    """As ``train --checkpoint-every``: also checkpoint every this many steps, so a worker killed mid-run
+    (OOM, a closed session) loses at most that much when the sweep is run again (0: only at the end and
+    on a signal). Not part of the trial's identity: a rerun with another value continues the same run."""
 
     @property
     def paths(self) -> RunPaths:
@@ -108,7 +112,8 @@ def run_trial(trial: Trial, progress: bool = False) -> None:
     from fetchrl.pipeline.train import train_or_resume
 
     runtime = runtime_for(trial.config)  # one env path for the trial's training and evaluation
-    train_or_resume(trial.config, trial.paths, progress=progress, runtime=runtime)
+    train_or_resume(trial.config, trial.paths, progress=progress, checkpoint_every=trial.checkpoint_every,
+                    runtime=runtime)
     evaluate(trial.paths, trial.eval_config, runtime, device=trial.config.device, progress=False)
 
 
