@@ -327,3 +327,26 @@ def test_registry_and_plot_of_a_her_run(push_runs: dict[str, Path], tmp_path: Pa
     assert set(metrics.HER_OPTIONAL) <= set(diagnose.RULES["sac_her"].optional)
     out = plots.plot_run(tb_dir(push_runs["auto"]), tmp_path / "curves.png", algo="sac_her")
     assert out.stat().st_size > 20_000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_control_arm_is_judged_by_chapter_4s_rules(push_sac: tuple[Path, list[float]],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """SAC without HER on sparse Push (the real short run): chapter 4's sparse-goal tests and numbers, not chapter
+    3's dense-Reach milestones; a flat control run is reported as the expected result, pointing at --her."""
+    logdir = push_sac[0]
+    assert CHAPTER.control is not None
+    assert (CHAPTER.control.names_for(PUSH).rules, CHAPTER.names_for(PUSH).rules) == ("sac_sparse", "sac_her")
+    diag = diagnose.diagnose(logdir, algo="sac_sparse")
+    progress = finding(diag, "success_progress")
+    assert "without HER" in progress.evidence and "50-150k" not in progress.evidence, progress.evidence
+    assert "0.47" not in finding(diag, "ent_coef_trend").evidence
+    assert not {"her_inactive", "object_never_moved"} & {f.id for f in diag.findings}
+    s = diagnose.read_run(logdir, "sac_sparse")
+    flat = her_rules.check_control_success_flat(s[metrics.SUCCESS_RATE], s[metrics.ENT_COEF], horizon=300)
+    assert flat.severity == "warning" and "expected result" in flat.likely_problem and "--her" in flat.fix
+    # the command picks the arm's rules: without --her the control's, with it HER's
+    assert main(["diagnose", "--env", PUSH, "--logdir", str(logdir), "--json"], CHAPTER) == 0
+    ids = {f["id"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert "without HER" in ids["success_progress"]["evidence"] and "her_inactive" not in ids
+    assert main(["diagnose", "--her", "--env", PUSH, "--logdir", str(logdir), "--json"], CHAPTER) == 0
+    assert "her_inactive" in {f["id"] for f in json.loads(capsys.readouterr().out)["findings"]}

@@ -63,6 +63,14 @@ class ArtifactNames:
     html_per_run: bool = False
     """The HTML report is named like the run's other results (``ch04_sac_her_fetchpush-v4_seed0_report.html``):
     a chapter with two arms or several tasks, whose runs of one seed would share ``ch04_report_seed0.html``."""
+    diagnose_rules: str = ""
+    """The ``diagnose`` rule set that judges the run (``fetchrl.analysis.diagnose.RULES``; empty: ``algo``'s):
+    chapter 4's control arm, SAC on sparse goals, is judged by ``"sac_sparse"``, not chapter 3's SAC rules."""
+
+    @property
+    def rules(self) -> str:
+        """The name of the rule set ``diagnose`` applies to this chapter's runs."""
+        return self.diagnose_rules or self.algo
 
 
 #: Chapter 2's names: the default of code that does not say which chapter it runs (it predates

@@ -348,7 +348,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from fetchrl.analysis.diagnose import run_diagnose_cli
 
-    return run_diagnose_cli(args.logdir or _paths(args).tb_dir, args.json, algo=_chapter(args).algorithm.name)
+    return run_diagnose_cli(args.logdir or _paths(args).tb_dir, args.json, algo=_paths(args).names.rules)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

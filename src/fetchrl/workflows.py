@@ -36,7 +36,7 @@ def _diagnosis_or_none(paths: RunPaths) -> Diagnosis | None:
     from fetchrl.analysis.diagnose import diagnose_run
 
     try:
-        return diagnose_run(paths, algo=paths.names.algo)
+        return diagnose_run(paths, algo=paths.names.rules)
     except FetchRLError as err:
         console.print(f"[yellow]diagnosis skipped: {err}[/]")
         return None
@@ -129,7 +129,8 @@ def run_all(config: TrainConfig, eval_config: EvalConfig, paths: RunPaths, *, pr
     diagnosis = _diagnosis_or_none(paths)
     baselines = _baselines(result, runtime)
     code = report(paths, runtime, diagnosis=diagnosis, baselines=baselines, criteria=criteria, diagnose=False)
-    curves = _plot_or_none(plot_run, paths.tb_dir, paths.curves_png, algo=paths.names.algo)
+    curves = _plot_or_none(plot_run, paths.tb_dir, paths.curves_png, algo=paths.names.algo,
+                           rules=paths.names.rules)
     gif = None
     if video:
         from fetchrl.analysis.video import record_video
@@ -436,7 +437,7 @@ def plot(paths: RunPaths, *, seeds: int | None = None) -> int:
     from fetchrl.analysis.plots import curves_of, plot_multi_seed, plot_run
     from fetchrl.config import algorithm_named
 
-    out = [plot_run(paths.tb_dir, paths.curves_png, algo=paths.names.algo)]
+    out = [plot_run(paths.tb_dir, paths.curves_png, algo=paths.names.algo, rules=paths.names.rules)]
     if seeds:
         algorithm = algorithm_named(paths.names.algo)
         logdirs = {s: RunPaths(paths.env_id, s, paths.root, paths.names).tb_dir for s in range(seeds)}

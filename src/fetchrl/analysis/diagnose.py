@@ -74,11 +74,14 @@ class RuleSet:
     """``((tags in argument order), check)`` in report order."""
 
 
-#: The registry: algorithm name -> its rules. Chapter 4's "sac_her" is SAC's rules (two re-tuned) plus HER's.
+#: The registry: rule-set name (an algorithm's, or a chapter arm's ``ArtifactNames.rules``) -> its rules.
+#: Chapter 4's "sac_her" is SAC's rules (re-tuned for sparse goals) plus HER's; "sac_sparse", its control arm's,
+#: SAC's rules re-tuned the same way, quoting chapter 4's results without HER.
 RULES: Final[dict[str, RuleSet]] = {
     "ppo": RuleSet(metrics.CHAPTER_CURVES, ppo.OPTIONAL_TAGS, ppo.CHECKS),
     "sac": RuleSet(metrics.SAC_CURVES, sac.OPTIONAL_TAGS, sac.CHECKS),
     "sac_her": RuleSet(metrics.SAC_CURVES, her.OPTIONAL_TAGS, her.CHECKS),
+    "sac_sparse": RuleSet(metrics.SAC_CURVES, sac.OPTIONAL_TAGS, her.CONTROL_CHECKS),
 }
 
 

@@ -258,8 +258,10 @@ def _annotate(ax: Axes, finding: diagnose.Finding) -> None:
 
 
 # ---------------------------------------------------------------- public figures
-def plot_run(logdir: Path, out_png: Path, algo: str = "ppo") -> Path:
+def plot_run(logdir: Path, out_png: Path, algo: str = "ppo", rules: str = "") -> Path:
     """The six curves of one run (2x3 panels), with the chapter's healthy bands shaded.
+
+    ``rules``: the diagnose rule set whose findings annotate the panels (default ``algo``'s).
 
     ``algo="sac"``: SAC's panels instead (:func:`plot_sac_run`); ``"sac_her"``: those and a HER row.
 
@@ -275,7 +277,7 @@ def plot_run(logdir: Path, out_png: Path, algo: str = "ppo") -> Path:
         ``out_png``. Raises FetchRLError (exit 2) for missing logs or tags.
     """
     if algo in ("sac", "sac_her"):
-        return plot_sac_run(logdir, out_png, algo)
+        return plot_sac_run(logdir, out_png, algo, rules)
     diagnose.rules_for(algo)  # an unknown algorithm is bad input (exit 2)
     scalars = diagnose.read_run(Path(logdir))
     findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir)).findings}
@@ -310,7 +312,7 @@ def _plot_lines(ax: Axes, scalars: Mapping[str, Series], lines: Sequence[tuple[s
     return drawn
 
 
-def plot_sac_run(logdir: Path, out_png: Path, algo: str = "sac") -> Path:
+def plot_sac_run(logdir: Path, out_png: Path, algo: str = "sac", rules: str = "") -> Path:
     """SAC's curves of one run (2x3 panels): success, reward, ent_coef (log), critic and actor loss, Q vs returns.
 
     ``algo="sac_her"`` (chapter 4) adds a row: the reward-0 fraction of relabeled vs real transitions,
@@ -326,10 +328,10 @@ def plot_sac_run(logdir: Path, out_png: Path, algo: str = "sac") -> Path:
     """
     her = algo == "sac_her"
     scalars = diagnose.read_run(Path(logdir), algo)
-    findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir), algo).findings}
+    findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir), rules or algo).findings}
     fig, axes = _new_figure(3 if her else 2, f"{'SAC + HER' if her else 'SAC'} training curves — {logdir}")
     panels = (*SAC_PANELS, *HER_PANELS) if her else SAC_PANELS
-    rules = {**SAC_PANEL_RULES, **HER_PANEL_RULES}
+    panel_rules = {**SAC_PANEL_RULES, **HER_PANEL_RULES}
     for ax, tag in zip(axes, panels, strict=False):
         if tag == metrics.Q_OVERESTIMATION:
             data = _plot_lines(ax, scalars, SAC_Q_LINES, "q/* not logged\n(attach SACDiagnosticsCallback)")
@@ -349,7 +351,7 @@ def plot_sac_run(logdir: Path, out_png: Path, algo: str = "sac") -> Path:
                 ax.axhline(diagnose.her.HER_ENT_COEF_COLLAPSE, color="tab:red", ls="--", lw=1,
                            label=f"{_GUIDES[1]} ({diagnose.her.HER_ENT_COEF_COLLAPSE:g} while unsolved)")
         _decorate(ax, tag, data)
-        for fid in rules.get(tag, ()):
+        for fid in panel_rules.get(tag, ()):
             if findings[fid].severity == "warning":
                 _annotate(ax, findings[fid])
         handles, labels = ax.get_legend_handles_labels()

@@ -75,6 +75,9 @@ class Chapter:
     arm_title: str = ""
     """How reports name this chapter's runs (default the algorithm's title; ch04's control arm:
     ``"SAC without HER"``)."""
+    diagnose_rules: str = ""
+    """The ``diagnose`` rule set of this chapter's runs (default the algorithm's; ch04's control arm:
+    ``"sac_sparse"``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.defaults.algo, self.algorithm.config_class):
@@ -103,7 +106,8 @@ class Chapter:
         return ArtifactNames(chapter=self.id, algo=self.algorithm.name,
                              multi_seed=self.multi_seed_name.format(env=env_id.lower()),
                              title=self.arm_title or self.algorithm.title,
-                             html_per_run=self.control is not None or bool(self.env_overrides or self.env_criteria))
+                             html_per_run=self.control is not None or bool(self.env_overrides or self.env_criteria),
+                             diagnose_rules=self.diagnose_rules)
 
     def paths(self, env_id: str, seed: int, root: Path = Path(".")) -> RunPaths:
         """Where one run of this chapter keeps its artifacts."""

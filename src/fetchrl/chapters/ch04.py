@@ -40,6 +40,7 @@ NO_HER = Chapter(
                          algo=SACConfig(gamma=GAMMA, learning_starts=LEARNING_STARTS)),
     multi_seed_name="ch04_sac_{env}",
     arm_title="SAC without HER",
+    diagnose_rules="sac_sparse",  # sparse goals: chapter 4's tests and numbers, not chapter 3's dense-Reach ones
     **_COMMON,  # type: ignore[arg-type]
 )
 

@@ -39,6 +39,11 @@ Warning signs (``warning`` when the test holds, ``ok`` when not, ``info`` when t
 
 The thresholds of ``object_never_moved`` and ``success_flat`` on Push are judgement, stated as such: the
 full Push run measured for the README is what confirms or moves them.
+
+The control arm (SAC without HER on the same sparse tasks, :data:`CONTROL_CHECKS`) is judged by the same
+sparse-goal tests minus HER's own, and its reports quote chapter 4's book, not chapter 3's dense-Reach
+milestones: without HER the book's sparse Reach reaches 96 +- 8 % after 500k steps, its Push 5 % after 2M.
+So a flat control run on Push is a warning that says it is the expected result — what HER is for.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Final
 import numpy as np
 
 from fetchrl import metrics
-from fetchrl.analysis.findings import Finding, fmt, value_at
+from fetchrl.analysis.findings import Finding, fmt, trend, value_at
 from fetchrl.analysis.rules import sac
 from fetchrl.analysis.tbreader import Series
 
@@ -180,6 +185,35 @@ def check_her_success_flat(success: Series, ent_coef: Series, *, horizon: int = 
                    f"{COLLAPSE_FIX} and check the task (check-env)", at_step=start + horizon)
 
 
+def check_sparse_ent_coef_trend(s: Series) -> Finding:
+    """SAC's ``ent_coef_trend`` without chapter 3's numbers (ent_coef: ``train/ent_coef``)."""
+    return trend("ent_coef_trend", metrics.ENT_COEF, s, "falls while learned (chapter 4's Push fixes it at 0.05)",
+                     lambda a, b: b < a, "not falling (a fixed ent_coef stays put)")
+
+
+#: The book's sparse-goal results without HER, as the control arm's reports quote them.
+NO_HER_BOOK: Final = "the book without HER: sparse Reach 96 +- 8 % after 500k steps, Push 5 % after 2M"
+
+
+def check_control_success_progress(s: Series) -> Finding:
+    """SAC's ``success_progress`` quoting chapter 4's results without HER (s: ``rollout/success_rate``)."""
+    return sac.check_success_progress(s, book=NO_HER_BOOK)
+
+
+def check_control_success_flat(success: Series, ent_coef: Series, *, horizon: int = HER_SUCCESS_FLAT_HORIZON,
+                               at_most: float = HER_SUCCESS_FLAT_AT_MOST) -> Finding:
+    """:func:`check_her_success_flat` for the control arm: a flat run without HER is what the chapter expects on
+    Push, and the finding says so instead of pointing at HER's rules, which a plain buffer does not log."""
+    f = check_her_success_flat(success, ent_coef, horizon=horizon, at_most=at_most)
+    if f.severity != "warning":
+        return f
+    return dataclasses.replace(
+        f, likely_problem=f"Nothing learned: sparse rewards without HER rarely succeed ({NO_HER_BOOK}); on Push "
+                          "this is the control arm's expected result",
+        fix="Train the --her arm (HER relabels failures as successes: `compare` measures the difference); a "
+            "flat control on sparse Reach after 500k steps would be unexpected: check ent_coef_collapse above")
+
+
 def _replace(checks: tuple[tuple[tuple[str, ...], Callable[..., Finding]], ...],
              by: dict[Callable[..., Finding], Callable[..., Finding]]) -> tuple[tuple[tuple[str, ...],
                                                                                Callable[..., Finding]], ...]:
@@ -189,9 +223,16 @@ def _replace(checks: tuple[tuple[tuple[str, ...], Callable[..., Finding]], ...],
 #: SAC's checks (chapter 4's collapse line and success test in their places), then HER's own.
 CHECKS: Final[tuple[tuple[tuple[str, ...], Callable[..., Finding]], ...]] = (
     *_replace(sac.CHECKS, {sac.check_ent_coef_collapse: check_her_ent_coef_collapse,
-                           sac.check_success_flat: check_her_success_flat}),
+                           sac.check_success_flat: check_her_success_flat,
+                           sac.check_ent_coef_trend: check_sparse_ent_coef_trend}),
     ((metrics.HER_RELABELED_REWARD0, metrics.HER_REAL_REWARD0, metrics.ENT_COEF), check_her_inactive),
     ((metrics.OBJECT_DISPLACEMENT, metrics.ENT_COEF, metrics.SUCCESS_RATE), check_object_never_moved),
 )
 #: Tags a check uses when logged and does without otherwise (passed as None).
 OPTIONAL_TAGS: Final = (*sac.OPTIONAL_TAGS, *metrics.HER_OPTIONAL)
+#: The control arm's checks: SAC's with chapter 4's sparse-goal tests and numbers (no HER series to judge).
+CONTROL_CHECKS: Final[tuple[tuple[tuple[str, ...], Callable[..., Finding]], ...]] = _replace(
+    sac.CHECKS, {sac.check_ent_coef_collapse: check_her_ent_coef_collapse,
+                 sac.check_success_flat: check_control_success_flat,
+                 sac.check_success_progress: check_control_success_progress,
+                 sac.check_ent_coef_trend: check_sparse_ent_coef_trend})
