@@ -349,4 +349,6 @@ def test_the_control_arm_is_judged_by_chapter_4s_rules(push_sac: tuple[Path, lis
     ids = {f["id"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
     assert "without HER" in ids["success_progress"]["evidence"] and "her_inactive" not in ids
     assert main(["diagnose", "--her", "--env", PUSH, "--logdir", str(logdir), "--json"], CHAPTER) == 0
-    assert "her_inactive" in {f["id"] for f in json.loads(capsys.readouterr().out)["findings"]}
+    ids = {f["id"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert "her_inactive" in ids and "with HER" in ids["success_progress"]["evidence"]
+    assert "50-150k" not in ids["success_progress"]["evidence"]
