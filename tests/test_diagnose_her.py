@@ -352,3 +352,26 @@ def test_the_control_arm_is_judged_by_chapter_4s_rules(push_sac: tuple[Path, lis
     ids = {f["id"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
     assert "her_inactive" in ids and "with HER" in ids["success_progress"]["evidence"]
     assert "50-150k" not in ids["success_progress"]["evidence"]
+
+
+def test_the_control_arms_figures_are_titled_by_the_arm(push_sac: tuple[Path, list[float]], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``plot --seeds`` of the control arm names it "SAC without HER" (it said "SAC", chapter 3's algorithm)."""
+    import shutil
+
+    from fetchrl import workflows
+
+    assert CHAPTER.control is not None
+    paths = CHAPTER.control.paths(PUSH, 0, tmp_path)
+    shutil.copytree(push_sac[0], paths.tb_dir)
+    titles: list[str] = []
+    real = plots.plot_multi_seed
+
+    def recording(*args: Any, **kw: Any) -> Path:
+        titles.append(kw["algo_title"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(plots, "plot_multi_seed", recording)
+    assert workflows.plot(paths, seeds=1) == 0
+    assert titles == ["SAC without HER"]
+    assert (tmp_path / "results").is_dir() and any(p.suffix == ".png" for p in (tmp_path / "results").iterdir())

@@ -234,7 +234,7 @@ def multi_seed(config: TrainConfig, eval_config: EvalConfig, seeds: Sequence[int
     logdirs = {s: RunPaths(config.env_id, s, root, names).tb_dir for s in agg.seeds}
     png = _plot_or_none(plot_multi_seed, logdirs, artifacts.multi_seed_plot_path(root, names),
                         final_scores={k: [getattr(s, k) for s in agg.per_seed] for k in SEED_METRICS},
-                        curves=curves_of(config.algorithm.on_policy), algo_title=config.algorithm.title)
+                        curves=curves_of(config.algorithm.on_policy), algo_title=names.title or config.algorithm.title)
     print_outputs({"aggregate": out, "plot": png})
     return 0 if robust and not failed["default"] else 1
 
@@ -442,7 +442,8 @@ def plot(paths: RunPaths, *, seeds: int | None = None) -> int:
         algorithm = algorithm_named(paths.names.algo)
         logdirs = {s: RunPaths(paths.env_id, s, paths.root, paths.names).tb_dir for s in range(seeds)}
         out.append(plot_multi_seed(logdirs, artifacts.multi_seed_plot_path(paths.root, paths.names),
-                                   curves=curves_of(algorithm.on_policy), algo_title=algorithm.title))
+                                   curves=curves_of(algorithm.on_policy),
+                                   algo_title=paths.names.title or algorithm.title))
     console.print("plots: " + ", ".join(str(p) for p in out), markup=False, highlight=False, soft_wrap=True)
     return 0
 
