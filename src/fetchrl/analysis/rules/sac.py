@@ -107,42 +107,36 @@ def check_ent_coef_collapse(ent_coef: Series, success: Series, *, threshold: flo
                    at_step=at)
 
 
-def check_ent_coef_explodes(ent_coef: Series) -> Finding:
-    """Warns on a non-finite point, or on ent_coef > 10 (ent_coef: ``train/ent_coef`` per log dump)."""
-    fid, tag = "ent_coef_explodes", metrics.ENT_COEF
-    short = too_short(fid, tag, ent_coef, need=1)
+def _ceiling(fid: str, tag: str, series: Series, ceiling: float, key: str, verb: str, likely_problem: str,
+             fix: str) -> Finding:
+    """Warns from the first non-finite point or point above ``ceiling``; ``key`` names it in ``observed``."""
+    short = too_short(fid, tag, series, need=1)
     if short:
         return short
-    v = ent_coef.values
-    bad = ~np.isfinite(v) | (v > ENT_COEF_EXPLODE)
+    v = series.values
+    bad = ~np.isfinite(v) | (v > ceiling)
     peak = float(np.max(np.where(np.isfinite(v), v, np.inf)))
-    observed = {"first": float(v[0]), "max": peak, "last": float(v[-1]), "threshold": ENT_COEF_EXPLODE}
-    evidence = f"ent_coef {fmt(v[0])} -> {fmt(v[-1])}, max {fmt(peak)} (explodes if > {fmt(ENT_COEF_EXPLODE)})"
+    observed = {"first": float(v[0]), "max": peak, "last": float(v[-1]), key: ceiling}
+    name = tag.rsplit("/", 1)[-1]
+    evidence = f"{name} {fmt(v[0])} -> {fmt(v[-1])}, max {fmt(peak)} ({verb} if > {fmt(ceiling)})"
     if not bad.any():
         return Finding(fid, tag, "ok", evidence, observed)
-    at = int(ent_coef.steps[np.argmax(bad)])
-    return Finding(fid, tag, "warning", f"{evidence}; from step {at:,}", observed,
-                   "Target entropy above what the policy can reach",
-                   "Use target_entropy='auto' (-action_dim) or a fixed ent_coef", at_step=at)
+    at = int(series.steps[np.argmax(bad)])
+    return Finding(fid, tag, "warning", f"{evidence}; from step {at:,}", observed, likely_problem, fix, at_step=at)
+
+
+def check_ent_coef_explodes(ent_coef: Series) -> Finding:
+    """Warns on a non-finite point, or on ent_coef > 10 (ent_coef: ``train/ent_coef`` per log dump)."""
+    return _ceiling("ent_coef_explodes", metrics.ENT_COEF, ent_coef, ENT_COEF_EXPLODE, "threshold", "explodes",
+                    "Target entropy above what the policy can reach",
+                    "Use target_entropy='auto' (-action_dim) or a fixed ent_coef")
 
 
 def check_critic_loss_diverges(critic_loss: Series) -> Finding:
     """Warns on a non-finite point, or on critic_loss > 1e4 (critic_loss: ``train/critic_loss`` per log dump)."""
-    fid, tag = "critic_loss_diverges", metrics.CRITIC_LOSS
-    short = too_short(fid, tag, critic_loss, need=1)
-    if short:
-        return short
-    v = critic_loss.values
-    bad = ~np.isfinite(v) | (v > CRITIC_LOSS_CEILING)
-    peak = float(np.max(np.where(np.isfinite(v), v, np.inf)))
-    observed = {"first": float(v[0]), "max": peak, "last": float(v[-1]), "ceiling": CRITIC_LOSS_CEILING}
-    evidence = f"critic_loss {fmt(v[0])} -> {fmt(v[-1])}, max {fmt(peak)} (diverged if > {fmt(CRITIC_LOSS_CEILING)})"
-    if not bad.any():
-        return Finding(fid, tag, "ok", evidence, observed)
-    at = int(critic_loss.steps[np.argmax(bad)])
-    return Finding(fid, tag, "warning", f"{evidence}; from step {at:,}", observed, "Reward scale wrong or "
-                   "critic learning rate too high", "Check reward range (FetchReachDense: rewards in [-1, 0]); "
-                   "reduce learning_rate", at_step=at)
+    return _ceiling("critic_loss_diverges", metrics.CRITIC_LOSS, critic_loss, CRITIC_LOSS_CEILING, "ceiling",
+                    "diverged", "Reward scale wrong or critic learning rate too high",
+                    "Check reward range (FetchReachDense: rewards in [-1, 0]); reduce learning_rate")
 
 
 def check_q_overestimation(q_start: Series | None, mc_return: Series | None) -> Finding:
