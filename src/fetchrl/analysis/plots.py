@@ -328,10 +328,10 @@ def plot_sac_run(logdir: Path, out_png: Path, algo: str = "sac", rules: str = ""
     """
     her = algo == "sac_her"
     scalars = diagnose.read_run(Path(logdir), algo)
-    findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir), rules or algo).findings}
+    rules = rules or algo
+    findings = {f.id: f for f in diagnose.diagnose_scalars(scalars, str(logdir), rules).findings}
     # both arms of chapter 4 (sparse goals) are judged against the 0.005 line: draw it where their rules use it
-    sparse = any(check is diagnose.her.check_her_ent_coef_collapse for _, check in
-                 diagnose.rules_for(rules or algo).checks)
+    sparse = any(check is diagnose.her.check_her_ent_coef_collapse for _, check in diagnose.rules_for(rules).checks)
     fig, axes = _new_figure(3 if her else 2, f"{'SAC + HER' if her else 'SAC'} training curves — {logdir}")
     panels = (*SAC_PANELS, *HER_PANELS) if her else SAC_PANELS
     panel_rules = {**SAC_PANEL_RULES, **HER_PANEL_RULES}

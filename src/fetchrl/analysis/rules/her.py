@@ -226,12 +226,14 @@ def _replace(checks: tuple[tuple[tuple[str, ...], Callable[..., Finding]], ...],
     return tuple((tags, by.get(check, check)) for tags, check in checks)
 
 
-#: SAC's checks (chapter 4's collapse line and success test in their places), then HER's own.
+#: What both chapter 4 arms (sparse goals, with and without HER) judge differently from chapter 3's SAC.
+_SPARSE: Final[dict[Callable[..., Finding], Callable[..., Finding]]] = {
+    sac.check_ent_coef_collapse: check_her_ent_coef_collapse, sac.check_ent_coef_trend: check_sparse_ent_coef_trend}
+
+#: SAC's checks (chapter 4's collapse line and success tests in their places), then HER's own.
 CHECKS: Final[tuple[tuple[tuple[str, ...], Callable[..., Finding]], ...]] = (
-    *_replace(sac.CHECKS, {sac.check_ent_coef_collapse: check_her_ent_coef_collapse,
-                           sac.check_success_flat: check_her_success_flat,
-                           sac.check_success_progress: check_her_success_progress,
-                           sac.check_ent_coef_trend: check_sparse_ent_coef_trend}),
+    *_replace(sac.CHECKS, {**_SPARSE, sac.check_success_flat: check_her_success_flat,
+                           sac.check_success_progress: check_her_success_progress}),
     ((metrics.HER_RELABELED_REWARD0, metrics.HER_REAL_REWARD0, metrics.ENT_COEF), check_her_inactive),
     ((metrics.OBJECT_DISPLACEMENT, metrics.ENT_COEF, metrics.SUCCESS_RATE), check_object_never_moved),
 )
@@ -239,7 +241,5 @@ CHECKS: Final[tuple[tuple[tuple[str, ...], Callable[..., Finding]], ...]] = (
 OPTIONAL_TAGS: Final = (*sac.OPTIONAL_TAGS, *metrics.HER_OPTIONAL)
 #: The control arm's checks: SAC's with chapter 4's sparse-goal tests and numbers (no HER series to judge).
 CONTROL_CHECKS: Final[tuple[tuple[tuple[str, ...], Callable[..., Finding]], ...]] = _replace(
-    sac.CHECKS, {sac.check_ent_coef_collapse: check_her_ent_coef_collapse,
-                 sac.check_success_flat: check_control_success_flat,
-                 sac.check_success_progress: check_control_success_progress,
-                 sac.check_ent_coef_trend: check_sparse_ent_coef_trend})
+    sac.CHECKS, {**_SPARSE, sac.check_success_flat: check_control_success_flat,
+                 sac.check_success_progress: check_control_success_progress})
